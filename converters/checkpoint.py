@@ -1,0 +1,116 @@
+"""Safe loading of original checkpoints.
+
+Pickles are opened with `weights_only=True` only, plus an explicit allow-list of harmless
+classes a family declares (e.g. `argparse.Namespace` in BEiT-style files). Every failure is a
+`CheckpointError` naming the case and the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import re
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import torch
+
+
+class CheckpointError(Exception):
+    def __init__(self, case_id: str, path: os.PathLike | str, reason: str):
+        self.case_id, self.path, self.reason = case_id, str(path), reason
+        super().__init__(f"{case_id}: {path}: {reason}")
+
+
+@dataclass
+class Loaded:
+    state: dict[str, torch.Tensor]
+    path: str
+    unwrapped: str | None = None  # the entry the weights came from, e.g. "model"
+    ignored: list[str] = field(default_factory=list)  # other top-level entries, e.g. "model_ema"
+
+
+def sha256(path: os.PathLike | str, chunk: int = 1 << 24) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def is_zip_checkpoint(path) -> bool:
+    return zipfile.is_zipfile(path)
+
+
+def load(
+    path: os.PathLike | str,
+    case_id: str,
+    unwrap: Iterable[str] = (),
+    allow: Iterable[type] = (),
+    mmap: bool = False,
+) -> Loaded:
+    """Load a `.pth`/`.pt` (torch.save) or `.safetensors` file; take the first `unwrap` entry present."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(case_id, path, "no such file")
+    if path.is_dir():
+        raise CheckpointError(case_id, path, "is a directory, expected a checkpoint file")
+    if path.stat().st_size == 0:
+        raise CheckpointError(case_id, path, "empty file")
+
+    if path.suffix == ".safetensors":
+        obj = _load_safetensors(path, case_id)
+    else:
+        obj = _load_pickle(path, case_id, tuple(allow), mmap)
+
+    loaded = Loaded(state=obj, path=str(path))
+    if isinstance(obj, Mapping):
+        for name in unwrap:
+            if name in obj and isinstance(obj[name], Mapping):
+                loaded.unwrapped = name
+                loaded.ignored = sorted(str(k) for k in obj if k != name)
+                obj = obj[name]
+                break
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(case_id, path, f"holds a {type(obj).__name__}, expected a state dict")
+    not_tensors = sorted(str(k) for k, v in obj.items() if not isinstance(v, torch.Tensor))
+    if not_tensors:
+        hint = f" (expected the weights under one of {list(unwrap)})" if unwrap else ""
+        raise CheckpointError(case_id, path, f"entries that are not tensors: {', '.join(not_tensors[:20])}{hint}")
+    loaded.state = dict(obj)
+    return loaded
+
+
+def _load_safetensors(path: Path, case_id: str):
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(case_id, path, f"not a readable safetensors file ({e})") from None
+
+
+def _load_pickle(path: Path, case_id: str, allow: tuple, mmap: bool):
+    if mmap and not is_zip_checkpoint(path):
+        raise CheckpointError(
+            case_id,
+            path,
+            "old (non-zip) torch serialisation cannot be memory-mapped; re-save it once with "
+            "torch.save(torch.load(path, weights_only=True), new_path) (zip is the default since torch 1.6)",
+        )
+    try:
+        with torch.serialization.safe_globals(list(allow)):
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        what = found.group(1) if found else "an object weights_only loading does not allow"
+        raise CheckpointError(
+            case_id, path, f"refused to unpickle {what}: weights_only loading never runs code from a checkpoint"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(case_id, path, f"truncated or not a torch checkpoint ({first})") from None

@@ -1,0 +1,61 @@
+"""Every difference between transformers 4.x and 5.x that the converters depend on, in one place."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import transformers
+
+MAJOR = int(transformers.__version__.split(".")[0])
+
+
+class Unsupported(RuntimeError):
+    """The installed transformers cannot run this case (e.g. a model removed in 5.x)."""
+
+
+# Classes that left the top-level namespace: name -> (module that kept it, last release with it).
+_MOVED = {
+    "ViTHybridConfig": ("transformers.models.deprecated.vit_hybrid", "4.57.6"),
+    "ViTHybridForImageClassification": ("transformers.models.deprecated.vit_hybrid", "4.57.6"),
+    "ViTHybridImageProcessor": ("transformers.models.deprecated.vit_hybrid", "4.57.6"),
+}
+
+
+def get_class(name: str):
+    """A transformers class by name, wherever this release keeps it."""
+    if hasattr(transformers, name):
+        return getattr(transformers, name)
+    if name in _MOVED:
+        module, last = _MOVED[name]
+        try:
+            return getattr(__import__(module, fromlist=[name]), name)
+        except (ImportError, AttributeError):
+            raise Unsupported(f"{name} is not in transformers {transformers.__version__}; the last release with it is {last}") from None
+    raise Unsupported(f"{name} is not in transformers {transformers.__version__}")
+
+
+def image_processor_class(name: str):
+    """The PIL implementation of an image processor: 5.x names it `<name>Pil` (the plain class is
+    torchvision-based and differs from PIL by 1-2 grey levels); in 4.x the plain class is PIL."""
+    if MAJOR >= 5 and hasattr(transformers, name + "Pil"):
+        return getattr(transformers, name + "Pil")
+    return get_class(name)
+
+
+def no_init_weights():
+    """Skip random initialisation (every weight is overwritten by the conversion; 4.57's
+    ViTHybrid `_init_weights` even crashes on its None mask_token)."""
+    if MAJOR >= 5:
+        from transformers.initialization import no_init_weights as ctx
+    else:
+        from transformers.modeling_utils import no_init_weights as ctx
+    return ctx()
+
+
+def build_model(class_name: str, config, device: str | torch.device = "cpu"):
+    cls = get_class(class_name)
+    with no_init_weights(), torch.device(device):
+        model = cls(config)
+    return model.eval()
+

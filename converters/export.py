@@ -1,0 +1,107 @@
+"""What a validated conversion leaves behind: the folder, its validation record and model card.
+
+Folders are written under a staging name next to their destination and renamed into place, so a
+reader (or a crash) never sees a half-written output, and an existing output is never replaced.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import tempfile
+from pathlib import Path
+
+
+class OutputExists(FileExistsError):
+    pass
+
+
+def versions() -> dict[str, str]:
+    import huggingface_hub
+    import numpy
+    import PIL
+    import safetensors
+    import timm
+    import torch
+    import transformers
+
+    mods = dict(torch=torch, timm=timm, transformers=transformers, huggingface_hub=huggingface_hub,
+                safetensors=safetensors, numpy=numpy, pillow=PIL)
+    return {"python": platform.python_version()} | {name: m.__version__ for name, m in mods.items()}
+
+
+def staging_dir(parent: Path, name: str) -> Path:
+    """A fresh directory on the destination's file system (so the final rename is atomic)."""
+    parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".staging-{name}-{os.getpid()}-", dir=parent))
+
+
+def write_json(path: Path, data) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    os.replace(tmp, path)
+
+
+def publish(staging: Path, final: Path) -> Path:
+    """Rename a complete staging folder into place; never replace an existing output."""
+    if final.exists():
+        raise OutputExists(f"{final} exists and is not overwritten: remove it or choose another --save directory")
+    _share_like_umask(staging)
+    os.rename(staging, final)  # atomic on one file system; fails rather than replacing a non-empty dir
+    return final
+
+
+def _share_like_umask(folder: Path) -> None:
+    """mkdtemp and safetensors create owner-only modes; outputs get the user's usual ones."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(folder, 0o777 & ~umask)
+    for path in folder.rglob("*"):
+        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
+
+
+def discard(staging: Path) -> None:
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def model_card(case, validation: dict):
+    """A huggingface_hub ModelCard with the source, the validation table, versions and weights mode."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    random = validation["original"]["weights"] != "pretrained"
+    data = ModelCardData(library_name="transformers", tags=["vision", "image-classification", case.family],
+                         pipeline_tag="image-classification" if validation["output"] == "logits" else "image-feature-extraction")
+    rows = "\n".join(
+        f"| {name} | {c['status']} | {_fmt(c.get('max_abs_diff'))} | {_fmt(c.get('atol'))} | {c.get('reason') or ''} |"
+        for name, c in validation["checks"].items()
+    )
+    warning = ("\n> **Random weights.** This folder was converted from a synthetic checkpoint with random "
+               "tensors to test the conversion; it is not a usable model.\n") if random else ""
+    body = f"""---
+{data.to_yaml()}
+---
+
+# {case.hub_name}
+{warning}
+Converted from the original checkpoint `{validation['original']['source']}` ({case.family}) to
+`{case.model_class}` and validated by the conversion harness.
+
+## Validation
+
+Weights: **{validation['original']['weights']}**. Images: {', '.join(validation['images'])}.
+
+| check | status | max abs diff | tolerance | note |
+|---|---|---|---|---|
+{rows}
+
+## Versions
+
+{', '.join(f'{k} {v}' for k, v in validation['versions'].items())}
+"""
+    return ModelCard(body)
+
+
+def _fmt(value) -> str:
+    return "" if value is None else f"{value:.3g}"

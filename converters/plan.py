@@ -1,0 +1,297 @@
+"""Declarative, reversible weight conversion.
+
+A `Plan` is data: tensor operations (split, reshape, transpose, drop) that act on original key
+names, followed by ordered renames. Every piece knows its inverse, so a plan runs forwards
+(original -> transformers) and backwards, on real tensors or on meta tensors (keys and shapes
+only). Applying a plan never raises on a bad checkpoint: it returns the converted dict and a
+`Coverage` report that lists every problem at once.
+
+Key templates use `{name}` placeholders for numeric indices (`stages.{i}.{j}.dwconv.`).
+A template ending in "." matches a key prefix and carries the rest of the key over; any other
+template matches a whole key.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Callable, Iterable, Mapping
+
+import torch
+
+_PLACEHOLDER = re.compile(r"\{(\w+)\}")
+
+
+@dataclass(frozen=True)
+class Template:
+    text: str
+
+    @cached_property
+    def regex(self) -> re.Pattern:
+        parts, pos = [], 0
+        for m in _PLACEHOLDER.finditer(self.text):
+            parts.append(re.escape(self.text[pos : m.start()]))
+            parts.append(rf"(?P<{m.group(1)}>\d+)")
+            pos = m.end()
+        parts.append(re.escape(self.text[pos:]))
+        tail = "(?P<_rest>.*)" if self.text.endswith(".") else ""
+        return re.compile("^" + "".join(parts) + tail + "$")
+
+    def match(self, key: str) -> dict | None:
+        m = self.regex.match(key)
+        return m.groupdict() if m else None
+
+    def format(self, groups: Mapping[str, str]) -> str:
+        return self.text.format(**groups) + groups.get("_rest", "")
+
+
+# --------------------------------------------------------------------------- renames
+
+
+@dataclass(frozen=True)
+class Rename:
+    """`source` template -> `target` template; backwards swaps the two."""
+
+    source: str
+    target: str
+
+    def __post_init__(self):
+        if set(_PLACEHOLDER.findall(self.source)) != set(_PLACEHOLDER.findall(self.target)):
+            raise ValueError(f"Rename {self.source!r} -> {self.target!r}: placeholders differ")
+        if self.source.endswith(".") != self.target.endswith("."):
+            raise ValueError(f"Rename {self.source!r} -> {self.target!r}: prefix/whole-key mismatch")
+
+    def reversed(self) -> "Rename":
+        return Rename(self.target, self.source)
+
+
+def rename_key(key: str, renames: Iterable[Rename]) -> str | None:
+    """The first matching rule renames the key; None when no rule matches."""
+    for rule in renames:
+        groups = Template(rule.source).match(key)
+        if groups is not None:
+            return Template(rule.target).format(groups)
+    return None
+
+
+# --------------------------------------------------------------------------- tensor operations
+
+
+class Op:
+    """A tensor operation on original-namespace keys, with its exact inverse."""
+
+    def forward(self, state: dict) -> dict:
+        raise NotImplementedError
+
+    def backward(self, state: dict) -> dict:
+        raise NotImplementedError
+
+    def reversed(self) -> "Op":
+        return _Inverse(self)
+
+    @staticmethod
+    def _each(state: dict, template: str):
+        tpl = Template(template)
+        for key in list(state):
+            groups = tpl.match(key)
+            if groups is not None:
+                yield key, groups
+
+
+@dataclass(frozen=True)
+class _Inverse(Op):
+    op: Op
+
+    def forward(self, state):
+        return self.op.backward(state)
+
+    def backward(self, state):
+        return self.op.forward(state)
+
+    def reversed(self):
+        return self.op
+
+
+@dataclass(frozen=True)
+class Split(Op):
+    """One fused tensor -> equal chunks along `dim` (a fused qkv into q, k, v); inverse: concat."""
+
+    source: str
+    targets: tuple[str, ...]
+    dim: int = 0
+
+    def forward(self, state):
+        out = dict(state)
+        for key, groups in self._each(state, self.source):
+            for name, chunk in zip(self.targets, out.pop(key).chunk(len(self.targets), self.dim)):
+                out[Template(name).format(groups)] = chunk
+        return out
+
+    def backward(self, state):
+        out = dict(state)
+        for first, groups in self._each(state, self.targets[0]):
+            parts = [Template(t).format(groups) for t in self.targets]
+            if all(p in out for p in parts):
+                out[Template(self.source).format(groups)] = torch.cat([out.pop(p) for p in parts], self.dim)
+        return out
+
+
+@dataclass(frozen=True)
+class Reshape(Op):
+    """Reshape matching tensors to `shape`; `back` is the original shape (-1 allowed in both)."""
+
+    key: str
+    shape: tuple[int, ...]
+    back: tuple[int, ...]
+
+    def forward(self, state):
+        return {k: (v.reshape(self.shape) if Template(self.key).match(k) is not None else v) for k, v in state.items()}
+
+    def backward(self, state):
+        return {k: (v.reshape(self.back) if Template(self.key).match(k) is not None else v) for k, v in state.items()}
+
+
+@dataclass(frozen=True)
+class Transpose(Op):
+    """Swap two dimensions of matching tensors (its own inverse)."""
+
+    key: str
+    dims: tuple[int, int] = (0, 1)
+
+    def forward(self, state):
+        return {k: (v.transpose(*self.dims) if Template(self.key).match(k) is not None else v) for k, v in state.items()}
+
+    backward = forward
+
+
+@dataclass(frozen=True)
+class Drop(Op):
+    """Drop a tensor the target recomputes (an index buffer). `restore(groups, state)` rebuilds
+    it for the backwards direction; without it the key is declared not restorable."""
+
+    key: str
+    restore: Callable[[dict, dict], torch.Tensor] | None = None
+
+    def forward(self, state):
+        return {k: v for k, v in state.items() if Template(self.key).match(k) is None}
+
+    def backward(self, state):
+        return state  # restored by Plan.backwards, which knows which keys were dropped
+
+
+# --------------------------------------------------------------------------- coverage
+
+
+@dataclass
+class Coverage:
+    """Every problem found while applying a plan; `ok` only when there are none."""
+
+    unconsumed: list[str] = field(default_factory=list)  # source keys no rule took
+    missing: list[str] = field(default_factory=list)  # target keys nothing produced
+    unexpected: list[str] = field(default_factory=list)  # produced keys the target lacks
+    shape_mismatches: list[tuple[str, tuple, tuple]] = field(default_factory=list)  # key, produced, expected
+    duplicates: list[tuple[str, list[str]]] = field(default_factory=list)  # target, its sources
+    dropped: list[str] = field(default_factory=list)  # consumed on purpose, not a problem
+
+    @property
+    def ok(self) -> bool:
+        return not (self.unconsumed or self.missing or self.unexpected or self.shape_mismatches or self.duplicates)
+
+    def problems(self) -> list[str]:
+        lines = [f"source key not consumed: {k}" for k in self.unconsumed]
+        lines += [f"target key not produced: {k}" for k in self.missing]
+        lines += [f"produced key not in target: {k}" for k in self.unexpected]
+        lines += [f"shape mismatch: {k} produced {tuple(a)} expected {tuple(b)}" for k, a, b in self.shape_mismatches]
+        lines += [f"target key produced twice: {k} <- {', '.join(src)}" for k, src in self.duplicates]
+        return lines
+
+    def describe(self) -> str:
+        problems = self.problems()
+        return "\n".join(problems) if problems else "coverage complete"
+
+    def as_dict(self) -> dict:
+        return {
+            "unconsumed": self.unconsumed,
+            "missing": self.missing,
+            "unexpected": self.unexpected,
+            "shape_mismatches": [[k, list(a), list(b)] for k, a, b in self.shape_mismatches],
+            "duplicates": [[k, s] for k, s in self.duplicates],
+            "dropped": self.dropped,
+        }
+
+
+# --------------------------------------------------------------------------- plan
+
+
+@dataclass(frozen=True)
+class Plan:
+    """`ops` run first (on original names), then each key takes the first matching rename."""
+
+    renames: tuple[Rename, ...]
+    ops: tuple[Op, ...] = ()
+
+    def forwards(self, state: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor] | None = None):
+        """Original -> transformers. `target` (tensors or meta tensors) enables coverage checks."""
+        state = dict(state)
+        dropped = [k for op in self.ops if isinstance(op, Drop) for k, _ in Op._each(state, op.key)]
+        for op in self.ops:
+            state = op.forward(state)
+        out, report = _rename_all(state, self.renames, target)
+        report.dropped = sorted(dropped)
+        return out, report
+
+    def backwards(self, state: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor] | None = None):
+        """Transformers -> original. Dropped keys come back only where their op can restore them."""
+        out, report = _rename_all(dict(state), tuple(r.reversed() for r in self.renames), None)
+        for op in reversed(self.ops):
+            out = op.backward(out)
+        for op in self.ops:
+            if isinstance(op, Drop) and op.restore is not None and target is not None:
+                for key, groups in Op._each(dict(target), op.key):
+                    out[key] = op.restore(groups, out)
+        if target is not None:
+            _compare(out, target, report, ignore=self.unrestorable(target))
+        return out, report
+
+    def unrestorable(self, original: Iterable[str]) -> list[str]:
+        """Original keys the plan drops and cannot rebuild: a round trip cannot cover them."""
+        keys = list(original)
+        return sorted(k for op in self.ops if isinstance(op, Drop) and op.restore is None for k in keys if Template(op.key).match(k))
+
+    def key_map(self, original: Mapping[str, torch.Tensor]) -> dict[str, list[str]]:
+        """Explicit map original key -> target keys, derived by running the plan on meta tensors."""
+        mapping = {}
+        for key, value in original.items():
+            out, _ = self.forwards({key: value.to("meta")})
+            mapping[key] = sorted(out)
+        return mapping
+
+
+def _rename_all(state: dict, renames: tuple[Rename, ...], target):
+    out, sources, report = {}, {}, Coverage()
+    for key, value in state.items():
+        new = rename_key(key, renames)
+        if new is None:
+            report.unconsumed.append(key)
+            continue
+        sources.setdefault(new, []).append(key)
+        out[new] = value
+    report.duplicates = [(k, src) for k, src in sources.items() if len(src) > 1]
+    if target is not None:
+        _compare(out, target, report)
+    return out, report
+
+
+def _compare(produced: Mapping, target: Mapping, report: Coverage, ignore: Iterable[str] = ()):
+    ignore = set(ignore)
+    report.missing = sorted(k for k in target if k not in produced and k not in ignore)
+    report.unexpected = sorted(k for k in produced if k not in target)
+    report.shape_mismatches = [
+        (k, tuple(v.shape), tuple(target[k].shape)) for k, v in produced.items() if k in target and tuple(v.shape) != tuple(target[k].shape)
+    ]
+
+
+def meta_state(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Keys and shapes only."""
+    return {k: torch.empty(v.shape, dtype=v.dtype, device="meta") for k, v in state.items()}

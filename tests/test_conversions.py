@@ -1,0 +1,111 @@
+"""The six checks of every conversion case, one test function each, sharing cached fixtures.
+
+    pytest -k convnextv2_atto --save out/
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import converters
+from converters import compat, export
+from converters.metrics import compare
+from fixtures.models import output
+
+EXPECTED_DIR = Path(__file__).resolve().parents[1] / "expected_logits"
+
+
+def test_key_coverage(case, original, converted, record):
+    """Every original key consumed once, every target key produced, shapes equal."""
+    record.original(original)
+    _, coverage = converted
+    problems = coverage.problems()
+    record.figures(problems=len(problems), dropped=coverage.dropped)
+    assert coverage.ok, f"{case.id}: key coverage failed, {len(problems)} problems:\n" + "\n".join(problems)
+
+
+def test_pixel_values(case, images, hf_processor, source_transform, record):
+    """The transformers processor reproduces the original evaluation preprocessing exactly."""
+    diffs = {}
+    for name, image in images.items():
+        ours = hf_processor(images=image, return_tensors="pt")["pixel_values"][0]
+        theirs = source_transform(image)
+        assert ours.shape == theirs.shape, f"{case.id} {name}: processor gives {tuple(ours.shape)}, source {tuple(theirs.shape)}"
+        diffs[name] = (ours - theirs).abs().max().item()
+    worst = max(diffs.values())
+    record.figures(max_abs_diff=worst, atol=0.0, images=list(images))
+    assert worst == 0.0, f"{case.id}: pixel values differ, max abs diff {worst:.3g} > tolerance 0 (per image: {diffs})"
+
+
+def test_logits(case, original, hf_output, oracle_model, pixels, record):
+    """The converted model against an implementation we did not write, on the same pixels."""
+    record.original(original)
+    with torch.inference_mode():
+        reference = oracle_model(pixels)
+    figures = compare(hf_output, reference)
+    record.figures(**figures, atol=case.atol, images=int(pixels.shape[0]))
+    assert figures["max_abs_diff"] <= case.atol, (
+        f"{case.id}: {case.output} differ from the oracle, max abs diff {figures['max_abs_diff']:.3g} > atol {case.atol:.1g}"
+    )
+
+
+def test_expected_logits(case, original, hf_model, hf_processor, coco, harness, record):
+    """On the published weights: the COCO image's logits against expected_logits/<case>.json."""
+    record.original(original)
+    opts, _ = harness
+    path = EXPECTED_DIR / f"{case.id}.json"
+    logits = output(case, hf_model, hf_processor(images=coco, return_tensors="pt")["pixel_values"])[0].flatten()
+    if opts.update_expected:
+        indices = list(range(5)) + logits.topk(5).indices.tolist()
+        export.write_json(path, {
+            "case": case.id, "source": original.source, "sha256": original.sha256, "image": "coco val2017 000000039769",
+            "indices": indices, "values": [round(logits[i].item(), 6) for i in indices], "atol": 1e-4,
+            "recorded_with": export.versions(),
+        })
+    if not path.is_file():
+        pytest.fail(f"{case.id}: no {path}; record it with --weights pretrained --update-expected", pytrace=False)
+    expected = json.loads(path.read_text())
+    if not original.published and original.sha256 != expected.get("sha256"):
+        pytest.skip(f"{original.path} is not the recorded original (sha256 {original.sha256[:12]}, recorded "
+                    f"{(expected.get('sha256') or 'none')[:12]}): expected logits describe the published weights")
+    actual = logits[expected["indices"]]
+    diff = (actual - torch.tensor(expected["values"])).abs().max().item()
+    record.figures(max_abs_diff=diff, atol=expected["atol"], images=["coco"])
+    assert diff <= expected["atol"], f"{case.id}: logits vs {path.name}, max abs diff {diff:.3g} > atol {expected['atol']:.1g}"
+
+
+def test_round_trip(case, original, converted, record):
+    """The plan run backwards gives the original checkpoint back, bit for bit."""
+    record.original(original)
+    plan = converters.plan(original.case)
+    back, coverage = plan.backwards(converted[0], target=original.state)
+    skipped = set(plan.unrestorable(original.state))
+    changed = [k for k, v in original.state.items()
+               if k in back and k not in skipped and (back[k].dtype != v.dtype or not torch.equal(back[k], v))]
+    problems = coverage.problems() + [f"tensor changed: {k}" for k in changed]
+    record.figures(max_abs_diff=0.0 if not problems else None, atol=0.0, not_restorable=sorted(skipped))
+    assert not problems, f"{case.id}: round trip is not exact, {len(problems)} problems:\n" + "\n".join(problems)
+
+
+def test_save_reload(case, original, hf_model, hf_processor, hf_output, pixels, images, harness, record, tmp_path):
+    """What save_pretrained wrote reloads with from_pretrained to the same outputs and pixels."""
+    record.original(original)
+    opts, results = harness
+    folder = export.staging_dir(opts.save, case.id) if opts.save else tmp_path / case.id
+    if opts.save:  # staged even if this check fails: session finish then discards it
+        results.staged[case.id] = (folder, {"original": original.describe(), "images": list(images), "url": case.url})
+    hf_model.save_pretrained(folder)
+    hf_processor.save_pretrained(folder)
+
+    reloaded, info = compat.get_class(original.case.model_class).from_pretrained(folder, output_loading_info=True)
+    problems = {k: v for k, v in info.items() if v and k != "error_msgs"} | ({"error_msgs": info["error_msgs"]} if info.get("error_msgs") else {})
+    assert not problems, f"{case.id}: reloading {folder} reported {problems}"
+    diff = (output(case, reloaded.eval(), pixels) - hf_output).abs().max().item()
+    reloaded_pixels = type(hf_processor).from_pretrained(folder)(images=list(images.values()), return_tensors="pt")["pixel_values"]
+    record.figures(max_abs_diff=diff, atol=0.0)
+    assert torch.equal(reloaded_pixels, pixels), f"{case.id}: the saved preprocessor config gives other pixel values"
+    assert diff == 0.0, f"{case.id}: reloaded model differs, max abs diff {diff:.3g} > tolerance 0"
