@@ -100,9 +100,10 @@ def revert(case: Case, converted: Mapping[str, torch.Tensor]):
 
 
 def build_model(case: Case, state: Mapping[str, torch.Tensor]):
-    """The transformers model holding `state` (strict: every key, every shape)."""
+    """The transformers model holding `state` (strict: every key, every shape). The tensors are
+    assigned, not copied: a 2.6 GB model costs no second 2.6 GB."""
     model = compat.build_model(case.model_class, build_config(case))
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict(state, strict=True, assign=True)
     return model.eval()
 
 

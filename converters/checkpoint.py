@@ -95,6 +95,11 @@ def _load_safetensors(path: Path, case_id: str):
 
 
 def _load_pickle(path: Path, case_id: str, allow: tuple, mmap: bool):
+    head = path.open("rb").read(2)
+    if head == b"PK" and not is_zip_checkpoint(path):
+        raise CheckpointError(case_id, path, "truncated torch checkpoint (zip archive without its directory)")
+    if head != b"PK" and head[:1] != b"\x80":
+        raise CheckpointError(case_id, path, "not a torch checkpoint (neither torch.save's zip format nor a pickle)")
     if mmap and not is_zip_checkpoint(path):
         raise CheckpointError(
             case_id,

@@ -43,6 +43,18 @@ def image_processor_class(name: str):
     return get_class(name)
 
 
+def unsupported(case) -> str | None:
+    """Why the installed transformers cannot run `case` (its config, model or image processor
+    class is missing), or None when it can. The harness turns the reason into a skip."""
+    try:
+        get_class(case.config_class)
+        get_class(case.model_class)
+        image_processor_class(case.processor_class)
+    except Unsupported as e:
+        return f"{case.id}: {e}"
+    return None
+
+
 def no_init_weights():
     """Skip random initialisation (every weight is overwritten by the conversion; 4.57's
     ViTHybrid `_init_weights` even crashes on its None mask_token)."""

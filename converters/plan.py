@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import lru_cache
 from typing import Callable, Iterable, Mapping
 
 import torch
@@ -27,16 +27,9 @@ _PLACEHOLDER = re.compile(r"\{(\w+)\}")
 class Template:
     text: str
 
-    @cached_property
+    @property
     def regex(self) -> re.Pattern:
-        parts, pos = [], 0
-        for m in _PLACEHOLDER.finditer(self.text):
-            parts.append(re.escape(self.text[pos : m.start()]))
-            parts.append(rf"(?P<{m.group(1)}>\d+)")
-            pos = m.end()
-        parts.append(re.escape(self.text[pos:]))
-        tail = "(?P<_rest>.*)" if self.text.endswith(".") else ""
-        return re.compile("^" + "".join(parts) + tail + "$")
+        return _compile(self.text)
 
     def match(self, key: str) -> dict | None:
         m = self.regex.match(key)
@@ -44,6 +37,18 @@ class Template:
 
     def format(self, groups: Mapping[str, str]) -> str:
         return self.text.format(**groups) + groups.get("_rest", "")
+
+
+@lru_cache(maxsize=None)  # traced plans hold hundreds of templates: more than re's own cache keeps
+def _compile(text: str) -> re.Pattern:
+    parts, pos = [], 0
+    for m in _PLACEHOLDER.finditer(text):
+        parts.append(re.escape(text[pos : m.start()]))
+        parts.append(rf"(?P<{m.group(1)}>\d+)")
+        pos = m.end()
+    parts.append(re.escape(text[pos:]))
+    tail = "(?P<_rest>.*)" if text.endswith(".") else ""
+    return re.compile("^" + "".join(parts) + tail + "$")
 
 
 # --------------------------------------------------------------------------- renames
@@ -68,11 +73,30 @@ class Rename:
 
 def rename_key(key: str, renames: Iterable[Rename]) -> str | None:
     """The first matching rule renames the key; None when no rule matches."""
-    for rule in renames:
-        groups = Template(rule.source).match(key)
-        if groups is not None:
-            return Template(rule.target).format(groups)
-    return None
+    return _renamer(tuple(renames))(key)
+
+
+def _renamer(renames: tuple[Rename, ...]) -> Callable[[str], str | None]:
+    """`rename_key` for many keys. Whole-key rules without placeholders (a traced plan has one
+    per key) are looked up in a dict; the first matching rule still wins."""
+    exact, patterns = {}, []
+    for position, rule in enumerate(renames):
+        if rule.source.endswith(".") or _PLACEHOLDER.search(rule.source):
+            patterns.append((position, rule))
+        else:
+            exact.setdefault(rule.source, (position, rule.target))
+
+    def rename(key: str) -> str | None:
+        position, target = exact.get(key, (len(renames), None))
+        for earlier, rule in patterns:
+            if earlier > position:
+                break
+            groups = Template(rule.source).match(key)
+            if groups is not None:
+                return Template(rule.target).format(groups)
+        return target
+
+    return rename
 
 
 # --------------------------------------------------------------------------- tensor operations
@@ -125,7 +149,7 @@ class Split(Op):
         out = dict(state)
         for key, groups in self._each(state, self.source):
             for name, chunk in zip(self.targets, out.pop(key).chunk(len(self.targets), self.dim)):
-                out[Template(name).format(groups)] = chunk
+                out[Template(name).format(groups)] = chunk.clone()  # own storage: safetensors refuses shared
         return out
 
     def backward(self, state):
@@ -269,9 +293,9 @@ class Plan:
 
 
 def _rename_all(state: dict, renames: tuple[Rename, ...], target):
-    out, sources, report = {}, {}, Coverage()
+    out, sources, report, rename = {}, {}, Coverage(), _renamer(renames)
     for key, value in state.items():
-        new = rename_key(key, renames)
+        new = rename(key)
         if new is None:
             report.unconsumed.append(key)
             continue

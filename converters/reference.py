@@ -13,7 +13,7 @@ def timm_model(arch: str, original: Mapping[str, torch.Tensor], filter_fn: Calla
 
     model = timm.create_model(arch, pretrained=False, **kwargs)
     state = filter_fn(dict(original), model) if filter_fn else dict(original)
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict(state, strict=True, assign=True)  # no second copy of the weights
     return model.eval()
 
 

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 import converters
-from converters import compat, export
-from converters.metrics import compare
+from converters import checks, compat, export
+from converters.localise import first_divergence
 from fixtures.models import output
 
 EXPECTED_DIR = Path(__file__).resolve().parents[1] / "expected_logits"
@@ -22,14 +22,15 @@ EXPECTED_DIR = Path(__file__).resolve().parents[1] / "expected_logits"
 def test_key_coverage(case, original, converted, record):
     """Every original key consumed once, every target key produced, shapes equal."""
     record.original(original)
-    _, coverage = converted
-    problems = coverage.problems()
-    record.figures(problems=len(problems), dropped=coverage.dropped)
-    assert coverage.ok, f"{case.id}: key coverage failed, {len(problems)} problems:\n" + "\n".join(problems)
+    check = checks.key_coverage(case.id, converted[1])
+    record.figures(**check.figures)
+    assert check.ok, check.message
 
 
-def test_pixel_values(case, images, hf_processor, source_transform, record):
+def test_pixel_values(case, images, hf_processor, source_transform, record, request):
     """The transformers processor reproduces the original evaluation preprocessing exactly."""
+    if case.pixel_divergence:  # measured and explained: it must still fail, else the xfail is stale
+        request.applymarker(pytest.mark.xfail(strict=True, reason=f"{case.id}: {case.pixel_divergence}"))
     diffs = {}
     for name, image in images.items():
         ours = hf_processor(images=image, return_tensors="pt")["pixel_values"][0]
@@ -41,39 +42,41 @@ def test_pixel_values(case, images, hf_processor, source_transform, record):
     assert worst == 0.0, f"{case.id}: pixel values differ, max abs diff {worst:.3g} > tolerance 0 (per image: {diffs})"
 
 
-def test_logits(case, original, hf_output, oracle_model, pixels, record):
+def test_logits(case, original, hf_model, hf_output, oracle_model, pixels, record):
     """The converted model against an implementation we did not write, on the same pixels."""
     record.original(original)
     with torch.inference_mode():
         reference = oracle_model(pixels)
-    figures = compare(hf_output, reference)
-    record.figures(**figures, atol=case.atol, images=int(pixels.shape[0]))
-    assert figures["max_abs_diff"] <= case.atol, (
-        f"{case.id}: {case.output} differ from the oracle, max abs diff {figures['max_abs_diff']:.3g} > atol {case.atol:.1g}"
-    )
+    check = checks.outputs_close(case.id, f"{case.output} vs the oracle", hf_output, reference, case.atol)
+    record.figures(**check.figures, images=int(pixels.shape[0]))
+    if not check.ok:  # say where: the first module whose output differs
+        where = first_divergence(hf_model, oracle_model, {"pixel_values": pixels[:1]}, (pixels[:1],), case.atol)
+        record.figures(divergence=where)
+        pytest.fail(f"{check.message}\n{where}", pytrace=False)
 
 
-def test_expected_logits(case, original, hf_model, hf_processor, coco, harness, record):
+def test_expected_logits(case, original, hf_model, hf_processor, harness, record, request):
     """On the published weights: the COCO image's logits against expected_logits/<case>.json."""
     record.original(original)
     opts, _ = harness
+    if original.weights != "pretrained":
+        pytest.skip("random weights: expected logits describe the published weights")
     path = EXPECTED_DIR / f"{case.id}.json"
-    logits = output(case, hf_model, hf_processor(images=coco, return_tensors="pt")["pixel_values"])[0].flatten()
-    if opts.update_expected:
-        indices = list(range(5)) + logits.topk(5).indices.tolist()
-        export.write_json(path, {
-            "case": case.id, "source": original.source, "sha256": original.sha256, "image": "coco val2017 000000039769",
-            "indices": indices, "values": [round(logits[i].item(), 6) for i in indices], "atol": 1e-4,
-            "recorded_with": export.versions(),
-        })
-    if not path.is_file():
+    expected = json.loads(path.read_text()) if path.is_file() else None
+    if expected is None and not opts.update_expected:
         pytest.fail(f"{case.id}: no {path}; record it with --weights pretrained --update-expected", pytrace=False)
-    expected = json.loads(path.read_text())
-    if not original.published and original.sha256 != expected.get("sha256"):
+    if not opts.update_expected and not original.published and original.sha256 != expected.get("sha256"):
         pytest.skip(f"{original.path} is not the recorded original (sha256 {original.sha256[:12]}, recorded "
                     f"{(expected.get('sha256') or 'none')[:12]}): expected logits describe the published weights")
-    actual = logits[expected["indices"]]
-    diff = (actual - torch.tensor(expected["values"])).abs().max().item()
+    coco = request.getfixturevalue("coco")
+    logits = output(case, hf_model, hf_processor(images=coco, return_tensors="pt")["pixel_values"])[0].flatten()
+    if opts.update_expected:  # like torchvision's accept flag: record, then check against the record
+        indices = list(range(5)) + logits.topk(5).indices.tolist()
+        expected = {"case": case.id, "source": original.source, "sha256": original.sha256, "image": "coco val2017 000000039769",
+                    "indices": indices, "values": [round(logits[i].item(), 6) for i in indices], "atol": 1e-4,
+                    "recorded_with": export.versions()}
+        export.write_json(path, expected)
+    diff = (logits[expected["indices"]] - torch.tensor(expected["values"])).abs().max().item()
     record.figures(max_abs_diff=diff, atol=expected["atol"], images=["coco"])
     assert diff <= expected["atol"], f"{case.id}: logits vs {path.name}, max abs diff {diff:.3g} > atol {expected['atol']:.1g}"
 
@@ -81,14 +84,9 @@ def test_expected_logits(case, original, hf_model, hf_processor, coco, harness, 
 def test_round_trip(case, original, converted, record):
     """The plan run backwards gives the original checkpoint back, bit for bit."""
     record.original(original)
-    plan = converters.plan(original.case)
-    back, coverage = plan.backwards(converted[0], target=original.state)
-    skipped = set(plan.unrestorable(original.state))
-    changed = [k for k, v in original.state.items()
-               if k in back and k not in skipped and (back[k].dtype != v.dtype or not torch.equal(back[k], v))]
-    problems = coverage.problems() + [f"tensor changed: {k}" for k in changed]
-    record.figures(max_abs_diff=0.0 if not problems else None, atol=0.0, not_restorable=sorted(skipped))
-    assert not problems, f"{case.id}: round trip is not exact, {len(problems)} problems:\n" + "\n".join(problems)
+    check = checks.round_trip(case.id, converters.plan(original.case), converted[0], original.state)
+    record.figures(**check.figures)
+    assert check.ok, check.message
 
 
 def test_save_reload(case, original, hf_model, hf_processor, hf_output, pixels, images, harness, record, tmp_path):

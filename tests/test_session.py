@@ -1,0 +1,98 @@
+"""The harness end to end, as a user runs it (pytest in a subprocess, offline): the real pretrained
+loader on a seeded cache, skips that say how to provide weights, save only what passed, never
+overwrite, fail early on an unwritable output directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+import converters
+from converters import checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+ATTO, FEMTO = converters.get("convnextv2_atto_1k_224"), converters.get("convnextv2_femto_1k_224")
+
+
+def run_harness(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, TORCH_HOME=str(tmp_path / "torch"), HF_HOME=str(tmp_path / "hf"), HF_HUB_OFFLINE="1")
+    cmd = [sys.executable, "-m", "pytest", str(ROOT / "tests" / "test_conversions.py"), "-p", "no:cacheprovider", "-q", *args]
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+
+
+def seed_torch_hub_cache(tmp_path: Path, case) -> Path:
+    """Put a synthetic original where torch.hub.load_state_dict_from_url would have cached the real one."""
+    path = tmp_path / "torch" / "hub" / "checkpoints" / Path(case.url).name
+    path.parent.mkdir(parents=True)
+    torch.save({"model": converters.synthetic_original(case)}, path)
+    return path
+
+
+def test_pretrained_mode_loads_the_cached_original_through_the_real_loader(tmp_path):
+    cached = seed_torch_hub_cache(tmp_path, ATTO)
+    result = run_harness(tmp_path, "-k", ATTO.id, "--weights", "pretrained", "--report", str(tmp_path / "r.json"), "--save", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stdout[-3000:]
+    entry = json.loads((tmp_path / "r.json").read_text())["cases"][ATTO.id]
+    assert entry["weights"] == "pretrained" and entry["source"] == ATTO.url
+    statuses = {name: c["status"] for name, c in entry["checks"].items()}
+    assert statuses == {"key_coverage": "passed", "pixel_values": "passed", "logits": "passed",
+                        "expected_logits": "skipped", "round_trip": "passed", "save_reload": "passed"}
+    assert "COCO image not cached" in entry["checks"]["expected_logits"]["reason"]
+    validation = json.loads((tmp_path / "out" / ATTO.id / "validation.json").read_text())
+    assert validation["original"]["sha256"] == checkpoint.sha256(cached)
+    assert validation["original"]["weights"] == "pretrained"
+
+
+def test_pretrained_mode_without_weights_skips_saying_how_to_provide_them(tmp_path):
+    result = run_harness(tmp_path, "-k", ATTO.id, "--weights", "pretrained", "--report", str(tmp_path / "r.json"))
+    assert result.returncode == 0, result.stdout[-3000:]
+    checks = json.loads((tmp_path / "r.json").read_text())["cases"][ATTO.id]["checks"]
+    assert {n for n, c in checks.items() if c["status"] != "skipped"} == {"pixel_values"}  # needs no weights
+    reason = checks["logits"]["reason"]
+    assert str(tmp_path / "torch" / "hub" / "checkpoints" / Path(ATTO.url).name) in reason
+    assert f"--checkpoint {ATTO.id}=PATH" in reason
+
+
+def test_only_cases_that_passed_are_saved(tmp_path):
+    broken = converters.synthetic_original(ATTO)
+    del broken["stages.1.0.grn.gamma"]
+    torch.save({"model": broken}, tmp_path / "broken.pt")
+    torch.save({"model": converters.synthetic_original(FEMTO)}, tmp_path / "femto.pt")
+    out = tmp_path / "out"
+    result = run_harness(
+        tmp_path, "-k", f"{ATTO.id} or {FEMTO.id}", "--report", str(tmp_path / "r.json"), "--save", str(out),
+        "--checkpoint", f"{ATTO.id}={tmp_path / 'broken.pt'}", "--checkpoint", f"{FEMTO.id}={tmp_path / 'femto.pt'}",
+    )
+    assert result.returncode == 1
+    report = json.loads((tmp_path / "r.json").read_text())
+    atto = report["cases"][ATTO.id]["checks"]
+    assert atto["key_coverage"]["status"] == "failed" and "convnextv2.encoder.stages.1.layers.0.grn.weight" in atto["key_coverage"]["reason"]
+    assert atto["logits"]["status"] == "error"
+    assert sorted(p.name for p in out.iterdir()) == [FEMTO.id]  # no atto folder, no staging left over
+    femto = report["cases"][FEMTO.id]["checks"]
+    assert femto["expected_logits"]["status"] == "skipped"
+    assert "not the recorded original" in femto["expected_logits"]["reason"]
+    assert report["saved"][FEMTO.id] == str(out / FEMTO.id)
+    assert "not saved" in report["saved"][ATTO.id]
+
+
+def test_existing_output_is_never_overwritten(tmp_path):
+    existing = tmp_path / "out" / ATTO.id
+    existing.mkdir(parents=True)
+    (existing / "config.json").write_text("{}")
+    result = run_harness(tmp_path, "-k", ATTO.id, "--weights", "random", "--save", str(tmp_path / "out"))
+    assert result.returncode == 4  # usage error, before any conversion
+    assert "never overwritten" in result.stderr and ATTO.id in result.stderr
+    assert (existing / "config.json").read_text() == "{}"
+
+
+def test_output_directory_under_a_file_fails_before_any_work(tmp_path):
+    (tmp_path / "a_file").write_text("")
+    result = run_harness(tmp_path, "-k", ATTO.id, "--save", str(tmp_path / "a_file" / "out"))
+    assert result.returncode == 4 and "--save" in result.stderr and "cannot write there" in result.stderr
+    assert "passed" not in result.stdout
