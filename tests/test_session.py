@@ -14,13 +14,14 @@ import torch
 
 import converters
 from converters import checkpoint
+from fixtures.images import synthetic_image
 
 ROOT = Path(__file__).resolve().parents[1]
 ATTO, FEMTO = converters.get("convnextv2_atto_1k_224"), converters.get("convnextv2_femto_1k_224")
 
 
-def run_harness(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, TORCH_HOME=str(tmp_path / "torch"), HF_HOME=str(tmp_path / "hf"), HF_HUB_OFFLINE="1")
+def run_harness(tmp_path: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ, TORCH_HOME=str(tmp_path / "torch"), HF_HOME=str(tmp_path / "hf"), HF_HUB_OFFLINE="1", **(env or {}))
     cmd = [sys.executable, "-m", "pytest", str(ROOT / "tests" / "test_conversions.py"), "-p", "no:cacheprovider", "-q", *args]
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
 
@@ -96,3 +97,31 @@ def test_output_directory_under_a_file_fails_before_any_work(tmp_path):
     result = run_harness(tmp_path, "-k", ATTO.id, "--save", str(tmp_path / "a_file" / "out"))
     assert result.returncode == 4 and "--save" in result.stderr and "cannot write there" in result.stderr
     assert "passed" not in result.stdout
+
+
+def test_update_expected_records_then_checks_the_published_weights(tmp_path):
+    """Like torchvision's accept flag: a pretrained run records expected_logits/<case>.json with the
+    file's sha256; later runs check against it; a missing record is an error naming the flag."""
+    cached = seed_torch_hub_cache(tmp_path, ATTO)
+    coco = tmp_path / "hf" / "vision-port" / "coco_000000039769.jpg"
+    coco.parent.mkdir(parents=True)
+    synthetic_image(640, 480, seed=3).save(coco)
+    expected_dir = tmp_path / "expected"
+    expected_dir.mkdir()
+    env = {"VISION_PORT_EXPECTED_DIR": str(expected_dir)}
+    args = ("-k", f"{ATTO.id} and expected_logits", "--weights", "pretrained", "--report", str(tmp_path / "r.json"))
+
+    missing = run_harness(tmp_path, *args, env=env)
+    assert missing.returncode == 1 and "--update-expected" in missing.stdout
+
+    recorded = run_harness(tmp_path, *args, "--update-expected", env=env)
+    assert recorded.returncode == 0, recorded.stdout[-3000:]
+    record = json.loads((expected_dir / f"{ATTO.id}.json").read_text())
+    assert record["sha256"] == checkpoint.sha256(cached) and len(record["values"]) == len(record["indices"]) == 10
+
+    record["values"][0] += 0.5  # a recorded value the weights do not give: the check must fail
+    (expected_dir / f"{ATTO.id}.json").write_text(json.dumps(record))
+    checked = run_harness(tmp_path, *args, env=env)
+    assert checked.returncode == 1
+    check = json.loads((tmp_path / "r.json").read_text())["cases"][ATTO.id]["checks"]["expected_logits"]
+    assert check["status"] == "failed" and abs(check["max_abs_diff"] - 0.5) < 1e-3 and "max abs diff" in check["reason"]
