@@ -68,11 +68,11 @@ def load(
 
     loaded = Loaded(state=obj, path=str(path))
     if isinstance(obj, Mapping):
-        for name in unwrap:
-            if name in obj and isinstance(obj[name], Mapping):
-                loaded.unwrapped = name
-                loaded.ignored = sorted(str(k) for k in obj if k != name)
-                obj = obj[name]
+        for name in unwrap:  # an entry, or a dotted path of entries ("classy_state_dict.base_model.model")
+            found, ignored = _entry(obj, name.split("."))
+            if isinstance(found, Mapping):
+                loaded.unwrapped, loaded.ignored = name, ignored
+                obj = _flatten(found)  # nested parts (vissl's trunk and heads) become dotted keys
                 break
     if not isinstance(obj, Mapping):
         raise CheckpointError(case_id, path, f"holds a {type(obj).__name__}, expected a state dict")
@@ -82,6 +82,28 @@ def load(
         raise CheckpointError(case_id, path, f"entries that are not tensors: {', '.join(not_tensors[:20])}{hint}")
     loaded.state = dict(obj)
     return loaded
+
+
+def _entry(obj: Mapping, path: list[str]):
+    """The entry at `path` in nested mappings (None if absent), and the entries passed by on the way."""
+    ignored = []
+    for depth, name in enumerate(path):
+        if not isinstance(obj, Mapping) or name not in obj:
+            return None, []
+        prefix = ".".join(path[:depth])
+        ignored += sorted(f"{prefix}.{k}" if prefix else str(k) for k in obj if k != name)
+        obj = obj[name]
+    return obj, ignored
+
+
+def _flatten(obj: Mapping, prefix: str = "") -> dict:
+    out = {}
+    for key, value in obj.items():
+        if isinstance(value, Mapping):
+            out |= _flatten(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def _load_safetensors(path: Path, case_id: str):

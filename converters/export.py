@@ -38,6 +38,17 @@ def staging_dir(parent: Path, name: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=f".staging-{name}-{os.getpid()}-", dir=parent))
 
 
+def remove_stale_staging(parent: Path) -> list[Path]:
+    """Staging folders left by a killed run (their process is gone): never outputs, only clutter."""
+    removed = []
+    for folder in parent.glob(".staging-*-*-*") if parent.is_dir() else ():
+        pid = folder.name.rsplit("-", 2)[-2]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
 def write_json(path: Path, data) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import converters
-from converters import checks, compat, export
+from converters import checks, compat, export, stream
 from converters.localise import first_divergence
 from fixtures.models import output
 
@@ -91,21 +91,36 @@ def test_round_trip(case, original, converted, record):
     assert check.ok, check.message
 
 
-def test_save_reload(case, original, hf_model, hf_processor, hf_output, pixels, images, harness, record, tmp_path):
-    """What save_pretrained wrote reloads with from_pretrained to the same outputs and pixels."""
+def test_save_reload(case, original, hf_processor, pixels, images, harness, record, tmp_path, request):
+    """What save_pretrained wrote reloads with from_pretrained to the same tensors, outputs and pixels."""
     record.original(original)
     opts, results = harness
     folder = export.staging_dir(opts.save, case.id) if opts.save else tmp_path / case.id
     if opts.save:  # staged even if this check fails: session finish then discards it
         results.staged[case.id] = (folder, {"original": original.describe(), "images": list(images), "url": case.url})
-    hf_model.save_pretrained(folder)
+    if case.streamed:  # tensor by tensor into shards, each read back and compared with its source
+        streamed = stream.save(original.case, original.state, folder, source_path=original.path)
+        record.figures(tensors_verified=streamed.tensors, shards=len(streamed.files))
+    else:
+        request.getfixturevalue("hf_model").save_pretrained(folder)
     hf_processor.save_pretrained(folder)
+    reloaded_pixels = type(hf_processor).from_pretrained(folder)(images=list(images.values()), return_tensors="pt")["pixel_values"]
+    assert torch.equal(reloaded_pixels, pixels), f"{case.id}: the saved preprocessor config gives other pixel values"
+    too_large = stream.too_large(original.case)
+    if too_large:  # the verified weights stand; no output was compared, and the record says so
+        record.figures(max_abs_diff=None, atol=None, reason=f"weights verified tensor for tensor, outputs not compared: {too_large}")
+        return
 
     reloaded, info = compat.get_class(original.case.model_class).from_pretrained(folder, output_loading_info=True)
     problems = {k: v for k, v in info.items() if v and k != "error_msgs"} | ({"error_msgs": info["error_msgs"]} if info.get("error_msgs") else {})
     assert not problems, f"{case.id}: reloading {folder} reported {problems}"
-    diff = (output(case, reloaded.eval(), pixels) - hf_output).abs().max().item()
-    reloaded_pixels = type(hf_processor).from_pretrained(folder)(images=list(images.values()), return_tensors="pt")["pixel_values"]
-    record.figures(max_abs_diff=diff, atol=0.0)
-    assert torch.equal(reloaded_pixels, pixels), f"{case.id}: the saved preprocessor config gives other pixel values"
-    assert diff == 0.0, f"{case.id}: reloaded model differs, max abs diff {diff:.3g} > tolerance 0"
+    # The weights must come back bit for bit. The outputs may not: from_pretrained memory-maps
+    # safetensors, whose tensors sit at 8-byte (not 64-byte) offsets, and CPU kernels then take other
+    # paths (RegNet: 1e-6; the same tensors copied to aligned memory give 0). They get the case's atol.
+    saved = request.getfixturevalue("hf_model").state_dict()
+    reloaded_state = reloaded.state_dict()
+    changed = sorted(k for k in saved if k not in reloaded_state or not torch.equal(saved[k], reloaded_state[k]))
+    assert not changed, f"{case.id}: tensors changed by save/reload: {', '.join(changed)}"
+    diff = (output(case, reloaded.eval(), pixels) - request.getfixturevalue("hf_output")).abs().max().item()
+    record.figures(max_abs_diff=diff, atol=case.atol)
+    assert diff <= case.atol, f"{case.id}: reloaded model differs, max abs diff {diff:.3g} > atol {case.atol:.1g}"

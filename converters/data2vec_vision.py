@@ -1,0 +1,248 @@
+"""data2vec-vision (facebookresearch/data2vec_vision, the BEiT code base) -> Data2VecVisionModel
+(pre-training checkpoints) and Data2VecVisionForImageClassification (ImageNet-1k fine-tuned).
+
+Original files are `{"model": ...}` (pre-training, `run_cyclical.py`) or `{"module": ...}`
+(fine-tuned, DeepSpeed's `mp_rank_00_model_states.pt`); both may hold the training arguments as
+an `argparse.Namespace`, which the safe loader allows and nothing else.
+
+The two layouts (written out in `original_layout`):
+- pre-training (`VisionTransformerForCyclicalTraining`): `mask_token`, one shared relative
+  position bias `rel_pos_bias.*`, final `norm`, and `lm_head` (the regression head of
+  pre-training, which Data2VecVisionModel has no place for: dropped, and not restorable);
+- fine-tuned (`VisionTransformer`): a relative position bias per block, mean pooling through
+  `fc_norm`, classifier `head`; no `mask_token`, `norm` is an identity.
+Both: fused qkv weight with q and v biases only (no k bias), layer scales `gamma_1/2`, and
+`relative_position_index` buffers, which transformers recomputes (dropped; rebuilt on the way back).
+
+timm's BEiT differs from the original layout only in what it lacks: `relative_position_index`
+(non-persistent in timm), and in the pre-training layout `mask_token` and `lm_head`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+
+from .case import Case
+from .plan import Drop, Plan, Rename, Split
+from .sources import Unavailable, reachable
+
+UNWRAP = ("model", "module")
+ALLOW = (argparse.Namespace,)  # the training arguments stored next to the weights
+
+# size -> (hidden size, depth, heads, MLP size), from the original model definitions
+SIZES = {"base": (768, 12, 12, 3072), "large": (1024, 24, 16, 4096)}
+PATCH, IMAGE = 16, 224
+BASE_URL = "https://dl.fbaipublicfiles.com/fairseq/data2vec/data2vec_vision"
+# (size, fine-tuned) -> the published file (data2vec_vision README, "Model Checkpoints")
+URLS = {
+    ("base", False): f"{BASE_URL}/base_800/checkpoint-799.pth",
+    ("large", False): f"{BASE_URL}/large_1600/checkpoint-799.pth",
+    ("base", True): f"{BASE_URL}/finetuned_base/checkpoint-99/mp_rank_00_model_states.pt",
+    ("large", True): f"{BASE_URL}/finetuned_large/checkpoint-49/mp_rank_00_model_states.pt",
+}
+
+
+def _case(size: str, finetuned: bool) -> Case:
+    hidden, depth, heads, mlp = SIZES[size]
+    config = dict(
+        hidden_size=hidden, num_hidden_layers=depth, num_attention_heads=heads, intermediate_size=mlp,
+        image_size=IMAGE, patch_size=PATCH,
+        use_absolute_position_embeddings=False,
+        use_relative_position_bias=finetuned,  # one table per block
+        use_shared_relative_position_bias=not finetuned,  # one table for all blocks
+        use_mean_pooling=finetuned,
+        use_mask_token=not finetuned,
+        # The original LayerNorms use eps 1e-6; the config default 1e-12 (the original script's) differs.
+        layer_norm_eps=1e-6,
+    )
+    if finetuned:
+        config["num_labels"] = 1000
+    suffix = "_ft1k" if finetuned else ""
+    return Case(
+        id=f"data2vec_vision_{size}{suffix}",
+        family="data2vec_vision",
+        hub_name=f"data2vec-vision-{size}{suffix.replace('_', '-')}",
+        url=URLS[size, finetuned],
+        config_class="Data2VecVisionConfig",
+        config=config,
+        model_class="Data2VecVisionForImageClassification" if finetuned else "Data2VecVisionModel",
+        output="logits" if finetuned else "last_hidden_state",
+        # The original evaluation (the original conversion script): BeitImageProcessor resizing
+        # to 224x224 without keeping the aspect ratio, no centre crop, bicubic, mean/std 0.5.
+        processor_class="BeitImageProcessor",
+        processor=dict(
+            do_resize=True,
+            size={"height": IMAGE, "width": IMAGE},
+            resample=3,  # PIL bicubic
+            do_center_crop=False,
+            do_normalize=True,
+            image_mean=[0.5, 0.5, 0.5],
+            image_std=[0.5, 0.5, 0.5],
+        ),
+        atol=1e-5,
+        # ViT-L at full size: ~65 s and 5 GB per case on 2 cores, twice the four base checks together.
+        marks=("large",) if size == "large" else (),
+        params=dict(size=size, finetuned=finetuned),
+    )
+
+
+CASES = tuple(_case(size, finetuned) for finetuned in (False, True) for size in SIZES)
+
+
+# --------------------------------------------------------------------------- plan
+
+
+def relative_position_index(window: int) -> torch.Tensor:
+    """The original's relative_position_index buffer for a square `window` of patches plus the
+    class token: (window² + 1, window² + 1) int64 indices into the bias table, whose last three
+    rows are cls->patch, patch->cls and cls->cls."""
+    coords = torch.stack(torch.meshgrid(torch.arange(window), torch.arange(window), indexing="ij")).flatten(1)
+    relative = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0) + (window - 1)
+    num_distances = (2 * window - 1) ** 2 + 3
+    index = torch.zeros((window * window + 1,) * 2, dtype=torch.int64)
+    index[1:, 1:] = relative[..., 0] * (2 * window - 1) + relative[..., 1]
+    index[0, :] = num_distances - 3
+    index[:, 0] = num_distances - 2
+    index[0, 0] = num_distances - 1
+    return index
+
+
+def plan(case: Case) -> Plan:
+    finetuned, window = case.params["finetuned"], case.image_size // case.config["patch_size"]
+    prefix = "data2vec_vision." if finetuned else ""  # the base model's place in the HF model
+    layer, index = prefix + "encoder.layer.{i}.", relative_position_index(window)
+    renames = [
+        Rename("cls_token", prefix + "embeddings.cls_token"),
+        Rename("patch_embed.proj.", prefix + "embeddings.patch_embeddings.projection."),
+        Rename("blocks.{i}.gamma_1", layer + "lambda_1"),
+        Rename("blocks.{i}.gamma_2", layer + "lambda_2"),
+        Rename("blocks.{i}.norm1.", layer + "layernorm_before."),
+        Rename("blocks.{i}.norm2.", layer + "layernorm_after."),
+        Rename("blocks.{i}.attn.q.weight", layer + "attention.attention.query.weight"),
+        Rename("blocks.{i}.attn.k.weight", layer + "attention.attention.key.weight"),
+        Rename("blocks.{i}.attn.v.weight", layer + "attention.attention.value.weight"),
+        Rename("blocks.{i}.attn.q_bias", layer + "attention.attention.query.bias"),  # no k bias
+        Rename("blocks.{i}.attn.v_bias", layer + "attention.attention.value.bias"),
+        Rename("blocks.{i}.attn.proj.", layer + "attention.output.dense."),
+        Rename("blocks.{i}.mlp.fc1.", layer + "intermediate.dense."),
+        Rename("blocks.{i}.mlp.fc2.", layer + "output.dense."),
+    ]
+    ops = [Split("blocks.{i}.attn.qkv.weight", ("blocks.{i}.attn.q.weight", "blocks.{i}.attn.k.weight", "blocks.{i}.attn.v.weight"))]
+    if finetuned:
+        renames += [
+            Rename("blocks.{i}.attn.relative_position_bias_table", layer + "attention.attention.relative_position_bias.relative_position_bias_table"),
+            Rename("fc_norm.", prefix + "pooler.layernorm."),
+            Rename("head.", "classifier."),
+        ]
+        ops.append(Drop("blocks.{i}.attn.relative_position_index", restore=lambda groups, state: index.clone()))
+    else:
+        renames += [
+            Rename("mask_token", prefix + "embeddings.mask_token"),
+            Rename("rel_pos_bias.relative_position_bias_table", prefix + "encoder.relative_position_bias.relative_position_bias_table"),
+            Rename("norm.", prefix + "layernorm."),
+        ]
+        ops += [
+            Drop("rel_pos_bias.relative_position_index", restore=lambda groups, state: index.clone()),
+            Drop("lm_head."),  # the pre-training regression head: Data2VecVisionModel has none
+        ]
+    return Plan(renames=tuple(renames), ops=tuple(ops))
+
+
+# --------------------------------------------------------------------------- original layout
+
+
+def original_layout(case: Case) -> dict[str, torch.Tensor]:
+    """The original BEiT/data2vec model's state dict, key for key: meta tensors, except the
+    relative_position_index buffers, which are real (the original computes them)."""
+    c, finetuned = case.config, case.params["finetuned"]
+    dim, depth, heads, mlp = c["hidden_size"], c["num_hidden_layers"], c["num_attention_heads"], c["intermediate_size"]
+    window = c["image_size"] // c["patch_size"]
+    table = ((2 * window - 1) ** 2 + 3, heads)
+    shapes = {"cls_token": (1, 1, dim)}
+    if not finetuned:
+        shapes["mask_token"] = (1, 1, dim)
+    shapes |= {"patch_embed.proj.weight": (dim, 3, c["patch_size"], c["patch_size"]), "patch_embed.proj.bias": (dim,)}
+    if not finetuned:
+        shapes["rel_pos_bias.relative_position_bias_table"] = table
+        shapes["rel_pos_bias.relative_position_index"] = None
+    for i in range(depth):
+        p = f"blocks.{i}."
+        shapes |= {p + "gamma_1": (dim,), p + "gamma_2": (dim,)}
+        shapes |= {p + "norm1.weight": (dim,), p + "norm1.bias": (dim,)}
+        shapes |= {p + "attn.q_bias": (dim,), p + "attn.v_bias": (dim,)}
+        if finetuned:
+            shapes |= {p + "attn.relative_position_bias_table": table, p + "attn.relative_position_index": None}
+        shapes |= {p + "attn.qkv.weight": (3 * dim, dim), p + "attn.proj.weight": (dim, dim), p + "attn.proj.bias": (dim,)}
+        shapes |= {p + "norm2.weight": (dim,), p + "norm2.bias": (dim,)}
+        shapes |= {p + "mlp.fc1.weight": (mlp, dim), p + "mlp.fc1.bias": (mlp,)}
+        shapes |= {p + "mlp.fc2.weight": (dim, mlp), p + "mlp.fc2.bias": (dim,)}
+    if finetuned:
+        shapes |= {"fc_norm.weight": (dim,), "fc_norm.bias": (dim,)}
+        shapes |= {"head.weight": (c["num_labels"], dim), "head.bias": (c["num_labels"],)}
+    else:
+        shapes |= {"norm.weight": (dim,), "norm.bias": (dim,)}
+        shapes |= {"lm_head.weight": (dim, dim), "lm_head.bias": (dim,)}
+    index = relative_position_index(window)
+    return {k: index.clone() if s is None else torch.empty(s, device="meta") for k, s in shapes.items()}
+
+
+# --------------------------------------------------------------------------- oracle
+
+
+def oracle(case: Case, original):
+    """timm's BEiT loaded through timm's own `checkpoint_filter_fn` (which drops the index buffers).
+    Pre-training: the shared relative position bias, no pooling or head, compared on all tokens;
+    timm has no pre-training heads, so `mask_token` and `lm_head` are left out."""
+    from timm.models.beit import checkpoint_filter_fn
+
+    from .reference import timm_model
+
+    c, finetuned = case.config, case.params["finetuned"]
+    arch = f"beit_{case.params['size']}_patch16_224"
+    common = dict(embed_dim=c["hidden_size"], depth=c["num_hidden_layers"], num_heads=c["num_attention_heads"],
+                  mlp_ratio=c["intermediate_size"] / c["hidden_size"], img_size=c["image_size"], patch_size=c["patch_size"],
+                  use_abs_pos_emb=False, init_values=0.1)
+    if finetuned:
+        return timm_model(arch, original, checkpoint_filter_fn, **common, use_rel_pos_bias=True,
+                          use_shared_rel_pos_bias=False, num_classes=c["num_labels"], global_pool="avg")
+    state = {k: v for k, v in original.items() if k != "mask_token" and not k.startswith("lm_head.")}
+    model = timm_model(arch, state, checkpoint_filter_fn, **common, use_rel_pos_bias=False,
+                       use_shared_rel_pos_bias=True, num_classes=0, use_fc_norm=False)
+    return model.forward_features  # all tokens after the final norm: last_hidden_state
+
+
+# --------------------------------------------------------------------------- sources
+
+
+def source_transform(case: Case):
+    """The original evaluation's preprocessing in torchvision: resize to a square, no centre crop."""
+    from torchvision import transforms
+
+    p = case.processor
+    return transforms.Compose([
+        transforms.Resize((p["size"]["height"], p["size"]["width"]), interpolation=transforms.InterpolationMode.BICUBIC),
+        transforms.ToTensor(),
+        transforms.Normalize(p["image_mean"], p["image_std"]),
+    ])
+
+
+def cache_path(case: Case) -> Path:
+    """The torch hub cache, one file per case: the published names repeat (checkpoint-799.pth)."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / f"{case.id}-{os.path.basename(urlparse(case.url).path)}"
+
+
+def original_file(case: Case, download: bool) -> Path:
+    path = cache_path(case)
+    if path.is_file():
+        return path
+    if not download or not reachable(case.url):
+        raise Unavailable(f"{case.id}: {case.url} is not cached and not reachable; "
+                          f"put the original file at {path} or pass --checkpoint {case.id}=PATH")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.hub.download_url_to_file(case.url, str(path), progress=False)  # writes a temp file, then renames
+    return path

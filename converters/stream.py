@@ -1,0 +1,303 @@
+"""Streaming conversion for checkpoints too large to hold in memory (RegNet SEER 10B: ~40 GB).
+
+The original file is memory-mapped (`torch.load(mmap=True, weights_only=True)`): its tensors are
+pages of the file, never anonymous memory. The plan renames them without touching data, and they
+are written shard by shard into safetensors files (a shard never exceeds `shard_bytes` unless one
+tensor alone does: it then gets a shard of its own), with transformers' index JSON when there is
+more than one shard. A tensor's bytes go file to file in the kernel (`os.copy_file_range`, as
+`cp` does) when its place in the source file is known, else from memory. Each shard, once
+written, is read back through safetensors and compared, bit for bit with dtype and shape, with
+the source tensors as torch loaded them, then synced to disk, while the next shard is written.
+Output goes to a staging folder renamed into place only when complete and verified: an
+interrupted or failed save leaves no partial output.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+import torch
+
+from .case import Case
+
+INDEX = "model.safetensors.index.json"
+SINGLE = "model.safetensors"
+DEFAULT_SHARD_BYTES = 1 << 30  # 1 GiB (256 MiB measured no faster on the 2.6 GB benchmark)
+TOO_LARGE = "too large for a forward pass in this machine's memory"
+MEMORY_BUDGET_ENV = "VISION_PORT_MEMORY_MB"  # overrides MemAvailable as the memory a forward pass may use
+
+
+class StreamError(RuntimeError):
+    pass
+
+
+@dataclass
+class Streamed:
+    folder: Path
+    files: list[str]  # shard file names, in order
+    tensors: int  # tensors written and verified
+    bytes: int  # total tensor bytes
+    index: dict | None = None  # the index JSON written (None: a single file)
+    problems: list[str] = field(default_factory=list)
+
+
+def nbytes(tensor: torch.Tensor) -> int:
+    return tensor.numel() * tensor.element_size()
+
+
+def shards(state: Mapping[str, torch.Tensor], shard_bytes: int) -> list[list[str]]:
+    """Keys grouped in order into shards of at most `shard_bytes`; a larger tensor stands alone."""
+    groups: list[list[str]] = []
+    current, size = [], 0
+    for key, tensor in state.items():
+        n = nbytes(tensor)
+        if current and size + n > shard_bytes:
+            groups.append(current)
+            current, size = [], 0
+        current.append(key)
+        size += n
+    if current:
+        groups.append(current)
+    return groups
+
+
+def shard_names(count: int) -> list[str]:
+    return [SINGLE] if count == 1 else [f"model-{i:05d}-of-{count:05d}.safetensors" for i in range(1, count + 1)]
+
+
+# safetensors dtype names
+DTYPES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.int64: "I64",
+          torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8", torch.bool: "BOOL"}
+
+
+class SourceFile:
+    """Where the tensors of a memory-mapped torch zip file lie in that file, so the kernel copies
+    their bytes file to file (`os.copy_file_range`, as `cp` does) instead of page-faulting them
+    through the mapping. torch maps the whole file once and each storage is a slice of it at its
+    record's offset; the mapping's start is found from the two, and used only when every storage
+    lands on a record. Tensors it cannot place are written from memory; all are verified afterwards."""
+
+    def __init__(self, path, tensors: Mapping[str, torch.Tensor]):
+        self.path, self.fd, self.base = str(path), None, None
+        try:
+            reader = torch._C.PyTorchFileReader(self.path)
+            offsets = sorted(reader.get_record_offset(n) for n in reader.get_all_records() if n.startswith("data/"))
+        except (RuntimeError, AttributeError):
+            return  # not a zip checkpoint (safetensors, old format): write from memory
+        starts, records = sorted({t.untyped_storage().data_ptr() for t in tensors.values()}), set(offsets)
+        # the file may hold storages beyond these tensors (other entries): try each record as the first
+        base = next((starts[0] - o for o in offsets if all(p - starts[0] + o in records for p in starts)), None) if starts else None
+        if base is not None:
+            self.base, self.size = base, os.path.getsize(self.path)
+            self.fd = os.open(self.path, os.O_RDONLY)
+            os.posix_fadvise(self.fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)  # larger readahead: copies follow file order
+
+    def offset(self, tensor: torch.Tensor) -> int | None:
+        if self.base is None or not tensor.is_contiguous() or tensor.device.type != "cpu":
+            return None
+        at = tensor.data_ptr() - self.base
+        return at if 0 <= at and at + nbytes(tensor) <= self.size else None
+
+    def close(self):
+        if self.fd is not None:
+            os.close(self.fd)
+
+
+def write_file(path: Path, tensors: Mapping[str, torch.Tensor], source: SourceFile | None = None) -> None:
+    """One safetensors file: the header, then the tensors' bytes, widest dtype first (aligned).
+    Bytes are copied in the source file's order, so reading it stays sequential."""
+    order = sorted(tensors, key=lambda k: -tensors[k].element_size())
+    header, at = {"__metadata__": {"format": "pt"}}, 0
+    for key in order:
+        t = tensors[key]
+        header[key] = {"dtype": DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [at, at + nbytes(t)]}
+        at += nbytes(t)
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    data = 8 + len(raw)
+    starts = {k: source.offset(tensors[k]) if source else None for k in order}
+    with open(path, "wb") as f:
+        f.write(len(raw).to_bytes(8, "little") + raw)
+        f.flush()
+        for key in sorted(order, key=lambda k: (starts[k] is None, starts[k] or 0)):
+            t, start, position = tensors[key], starts[key], data + header[key]["data_offsets"][0]
+            if start is None:  # from memory: a non-contiguous tensor costs one copy of itself
+                f.seek(position)
+                f.write(t.detach().contiguous().reshape(-1).view(torch.uint8).numpy().data)
+                f.flush()
+                continue
+            left = nbytes(t)
+            while left:
+                copied = os.copy_file_range(source.fd, f.fileno(), left, start, position)
+                if not copied:
+                    raise StreamError(f"{source.path}: ends inside {key}")
+                start, position, left = start + copied, position + copied, left - copied
+
+
+def write(state: Mapping[str, torch.Tensor], folder: Path, shard_bytes: int = DEFAULT_SHARD_BYTES,
+          source: SourceFile | None = None, written=lambda name, keys: None) -> Streamed:
+    """Write `state` as safetensors shards (+ index) into an existing `folder`, one shard at a time;
+    `written(name, keys)` is called after each shard (the save verifies it while the next is written)."""
+    groups = shards(state, shard_bytes)
+    names = shard_names(len(groups))
+    weight_map = {}
+    for name, keys in zip(names, groups):
+        write_file(folder / name, {k: state[k] for k in keys}, source)
+        weight_map.update(dict.fromkeys(keys, name))
+        written(name, keys)
+    total = sum(nbytes(t) for t in state.values())
+    index = None
+    if len(names) > 1:
+        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+        (folder / INDEX).write_text(json.dumps(index, indent=2) + "\n")
+    return Streamed(folder, names, len(weight_map), total, index)
+
+
+def verify_file(path: Path, keys, expected: Mapping[str, torch.Tensor]) -> list[str]:
+    """Each of `keys` read back from `path` (memory-mapped: no anonymous memory) against its source."""
+    from safetensors import safe_open
+
+    problems, name = [], Path(path).name
+    with safe_open(str(path), "pt") as f:
+        present = set(f.keys())
+        for key in keys:
+            if key not in present:
+                problems.append(f"{name}: {key} listed in the index but not in the file")
+            elif key in expected:
+                written, source = f.get_tensor(key), expected[key]
+                if written.dtype != source.dtype or written.shape != source.shape:
+                    problems.append(f"{name}: {key} is {written.dtype} {tuple(written.shape)}, source {source.dtype} {tuple(source.shape)}")
+                elif not torch.equal(written, source):
+                    diff = (written.double() - source.double()).abs().max().item() if written.is_floating_point() else None
+                    problems.append(f"{name}: {key} differs from the source (max abs diff {diff})")
+    return problems + [f"{name}: {key} in the file but not in the index" for key in sorted(present - set(keys))]
+
+
+def _verify_and_sync(path: Path, keys, expected) -> list[str]:
+    problems = verify_file(path, keys, expected)
+    with open(path, "rb") as f:  # durable before the folder is renamed into place
+        os.fsync(f.fileno())
+    return problems
+
+
+def verify(folder: Path, expected: Mapping[str, torch.Tensor]) -> list[str]:
+    """Every problem between what `folder` holds and `expected`: keys missing or extra (in the index
+    and in the files), and each tensor read back from its file against its source, bit for bit."""
+    folder = Path(folder)
+    weight_map = _weight_map(folder)
+    problems = _index_problems(weight_map, expected)
+    for name, keys in _by_file(weight_map).items():
+        problems += verify_file(folder / name, keys, expected)
+    return problems
+
+
+def _weight_map(folder: Path) -> dict[str, str]:
+    from safetensors import safe_open
+
+    if (folder / INDEX).is_file():
+        return json.loads((folder / INDEX).read_text())["weight_map"]
+    with safe_open(str(folder / SINGLE), "pt") as f:
+        return dict.fromkeys(f.keys(), SINGLE)
+
+
+def _index_problems(weight_map: Mapping[str, str], expected) -> list[str]:
+    return [f"missing from the output: {k}" for k in expected if k not in weight_map] + [
+        f"not in the source: {k}" for k in weight_map if k not in expected]
+
+
+def _by_file(weight_map: Mapping[str, str]) -> dict[str, list[str]]:
+    by_file: dict[str, list[str]] = {}
+    for key, name in weight_map.items():
+        by_file.setdefault(name, []).append(key)
+    return by_file
+
+
+def save(case: Case, original: Mapping[str, torch.Tensor], folder: Path, shard_bytes: int = DEFAULT_SHARD_BYTES,
+         source_path=None) -> Streamed:
+    """Convert `original` (memory-mapped from `source_path`, or in memory) with the case plan into
+    `folder` (created, or empty): config.json and shards, each verified against the source while
+    the next is written. Raises StreamError on any problem."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from . import build_config, convert
+
+    converted, coverage = convert(case, original)
+    if not coverage.ok:
+        raise StreamError(f"{case.id}: key coverage failed, nothing written:\n{coverage.describe()}")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    config = build_config(case)
+    config.architectures = [case.model_class]
+    config.save_pretrained(folder)
+    source = SourceFile(source_path, original) if source_path else None
+    checked = []
+    try:
+        # Each written shard is verified, then synced to disk, while the next one is written.
+        with ThreadPoolExecutor(1) as verifier:
+            streamed = write(converted, folder, shard_bytes, source,
+                             written=lambda name, keys: checked.append(verifier.submit(_verify_and_sync, folder / name, keys, converted)))
+    finally:
+        if source:
+            source.close()
+    streamed.problems = _index_problems(_weight_map(folder), converted) + [p for job in checked for p in job.result()]
+    if streamed.problems:
+        raise StreamError(f"{case.id}: {folder}: the written weights do not match the source, "
+                          f"{len(streamed.problems)} problems:\n" + "\n".join(streamed.problems[:50]))
+    return streamed
+
+
+def convert_file(case: Case, path, destination, shard_bytes: int = DEFAULT_SHARD_BYTES) -> Streamed:
+    """Original file -> `destination` folder, streamed: memory-mapped source, staged output, verified,
+    then renamed into place. Nothing is left at `destination` (or in staging) unless all succeeded."""
+    from . import export, load_original
+
+    destination = Path(destination)
+    if destination.exists():
+        raise export.OutputExists(f"{destination} exists and is not overwritten")
+    original = load_original(case, path, mmap=True).state
+    staging = export.staging_dir(destination.parent, destination.name)
+    try:
+        streamed = save(case, original, staging, shard_bytes, source_path=path)
+        export.publish(staging, destination)
+    except BaseException:  # KeyboardInterrupt too: an interrupted save leaves nothing behind
+        export.discard(staging)
+        raise
+    streamed.folder = destination
+    return streamed
+
+
+# --------------------------------------------------------------------------- memory
+
+
+def weight_bytes(case: Case) -> int:
+    from . import target_layout
+
+    return sum(nbytes(t) for t in target_layout(case).values())
+
+
+def available_bytes() -> int:
+    """What a forward pass may use: $VISION_PORT_MEMORY_MB if set, else the kernel's MemAvailable."""
+    if os.environ.get(MEMORY_BUDGET_ENV):
+        return int(float(os.environ[MEMORY_BUDGET_ENV]) * 2**20)
+    found = re.search(r"MemAvailable:\s+(\d+) kB", Path("/proc/meminfo").read_text())
+    return int(found.group(1)) * 1024 if found else 2**63
+
+
+def too_large(case: Case) -> str | None:
+    """Why the case's model cannot be held in memory for a forward pass, or None when it can.
+    Only streamed cases are considered: the others are built in memory anyway."""
+    if not case.streamed:
+        return None
+    need, have = weight_bytes(case), available_bytes()
+    if need <= have:
+        return None
+    return f"{case.id}: {TOO_LARGE}: its weights alone need {_size(need)}, {_size(have)} available"
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"

@@ -1,0 +1,132 @@
+"""ViT-hybrid (timm `vit_base_r50_s16_384`: a BiT ResNet stem + ViT-B/16 at 384 px) ->
+ViTHybridForImageClassification.
+
+The original is timm's own model: its state dict is the original layout, and the published
+weights are timm's (`timm/vit_base_r50_s16_384.orig_in21k_ft_in1k` on the Hub). ViTHybrid left
+transformers in 5.0; the last release with it is 4.57.6 (`converters.compat` finds it there and
+reports it unsupported on 5.x, which the harness turns into a skip).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .case import Case
+from .plan import Plan, Rename, Split, meta_state
+from .sources import Unavailable, reachable
+
+TIMM_TAG = "vit_base_r50_s16_384.orig_in21k_ft_in1k"
+HUB_ID = f"timm/{TIMM_TAG}"  # where timm's pretrained weights live
+HUB_FILE = "model.safetensors"
+
+CASES = (
+    Case(
+        id="vit_hybrid_base_bit_384",
+        family="vit_hybrid",
+        hub_name="vit_base_r50_s16_384",  # the original script pushes to ybelkada/<timm name>
+        url=f"https://huggingface.co/{HUB_ID}/resolve/main/{HUB_FILE}",
+        config_class="ViTHybridConfig",
+        config=dict(
+            backbone_config=dict(
+                model_type="bit",
+                global_padding="same",
+                layer_type="bottleneck",
+                depths=[3, 4, 9],
+                out_features=["stage3"],
+                embedding_dynamic_padding=True,
+            ),
+            image_size=384,
+            num_labels=1000,
+            # timm's ViT LayerNorms use eps 1e-6; the config default 1e-12 moves logits by ~1e-4.
+            layer_norm_eps=1e-6,
+        ),
+        model_class="ViTHybridForImageClassification",
+        output="logits",
+        # timm's data config for the tag: bicubic, crop_pct 1.0 (resize the short side to 384,
+        # centre-crop 384), mean/std 0.5 (tests/test_vit_hybrid.py derives these from timm).
+        processor_class="ViTHybridImageProcessor",
+        processor=dict(
+            do_resize=True,
+            size={"shortest_edge": 384},
+            resample=3,  # PIL bicubic
+            do_center_crop=True,
+            crop_size={"height": 384, "width": 384},
+            do_normalize=True,
+            image_mean=[0.5, 0.5, 0.5],
+            image_std=[0.5, 0.5, 0.5],
+        ),
+        timm_tag=TIMM_TAG,
+        atol=1e-5,
+        params=dict(arch="vit_base_r50_s16_384"),
+    ),
+)
+
+_BACKBONE = "vit.embeddings.patch_embeddings.backbone.bit."
+
+_PLAN = Plan(
+    ops=(
+        # timm fuses q, k, v into one projection: (3C, C) weight and (3C,) bias, in that order.
+        Split("blocks.{i}.attn.qkv.weight", ("blocks.{i}.attn.q.weight", "blocks.{i}.attn.k.weight", "blocks.{i}.attn.v.weight")),
+        Split("blocks.{i}.attn.qkv.bias", ("blocks.{i}.attn.q.bias", "blocks.{i}.attn.k.bias", "blocks.{i}.attn.v.bias")),
+    ),
+    renames=(
+        Rename("cls_token", "vit.embeddings.cls_token"),
+        Rename("pos_embed", "vit.embeddings.position_embeddings"),
+        Rename("patch_embed.proj.", "vit.embeddings.patch_embeddings.projection."),
+        Rename("patch_embed.backbone.stem.conv.", _BACKBONE + "embedder.convolution."),
+        Rename("patch_embed.backbone.stem.norm.", _BACKBONE + "embedder.norm."),
+        # bottleneck blocks: conv1..3, norm1..3 and the first block's downsample keep their names
+        Rename("patch_embed.backbone.stages.{s}.blocks.{b}.", _BACKBONE + "encoder.stages.{s}.layers.{b}."),
+        Rename("blocks.{i}.attn.q.", "vit.encoder.layer.{i}.attention.attention.query."),
+        Rename("blocks.{i}.attn.k.", "vit.encoder.layer.{i}.attention.attention.key."),
+        Rename("blocks.{i}.attn.v.", "vit.encoder.layer.{i}.attention.attention.value."),
+        Rename("blocks.{i}.attn.proj.", "vit.encoder.layer.{i}.attention.output.dense."),
+        Rename("blocks.{i}.norm1.", "vit.encoder.layer.{i}.layernorm_before."),
+        Rename("blocks.{i}.norm2.", "vit.encoder.layer.{i}.layernorm_after."),
+        Rename("blocks.{i}.mlp.fc1.", "vit.encoder.layer.{i}.intermediate.dense."),
+        Rename("blocks.{i}.mlp.fc2.", "vit.encoder.layer.{i}.output.dense."),
+        Rename("norm.", "vit.layernorm."),
+        Rename("head.", "classifier."),
+    ),
+)
+
+
+def plan(case: Case) -> Plan:
+    return _PLAN
+
+
+def _timm_kwargs(case: Case) -> dict:
+    return dict(num_classes=case.config["num_labels"])
+
+
+def original_layout(case: Case) -> dict[str, torch.Tensor]:
+    """timm's model state dict, key for key, on the meta device (no memory)."""
+    import timm
+
+    with torch.device("meta"):
+        model = timm.create_model(case.params["arch"], pretrained=False, **_timm_kwargs(case))
+    return meta_state(model.state_dict())
+
+
+def oracle(case: Case, original):
+    """timm's model holding the original state dict (timm's own layout: no filter needed)."""
+    from .reference import timm_model
+
+    return timm_model(case.params["arch"], original, None, **_timm_kwargs(case))
+
+
+def original_file(case: Case, download: bool) -> Path:
+    """timm's pretrained weights through the Hub cache (honours HF_HUB_OFFLINE and HF_HOME)."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return Path(hf_hub_download(HUB_ID, HUB_FILE, local_files_only=True))
+    except LocalEntryNotFoundError:
+        pass
+    if not download or not reachable(case.url):
+        raise Unavailable(f"{case.id}: {HUB_ID}/{HUB_FILE} is not in the Hub cache and the Hub is not reachable; "
+                          f"pass --checkpoint {case.id}=PATH (timm's state dict, .safetensors or .pth)")
+    return Path(hf_hub_download(HUB_ID, HUB_FILE))

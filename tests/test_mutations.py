@@ -1,0 +1,247 @@
+"""A check that never fails proves nothing: every family's plan is mutated (two same-shape targets
+swapped, an operation dropped or reversed, split chunks reordered, a matrix transposed, a bias
+zeroed, a key dropped) and the harness's own checks - key coverage, outputs against the family's
+oracle on a small random image batch, round trip; the functions in `converters.checks` that
+tests/test_conversions.py runs - must catch every mutant.
+
+    pytest tests/test_mutations.py -s      # prints `mutants <family>: killed K of N`
+
+Mutants are plan data: new `Plan`s built with `dataclasses.replace`, extra renames in front (first
+match wins) or extra ops. A zeroed bias is the test-local `Zero` op below, which forward writes
+zeros and backward cannot undo, exactly what a conversion that loses a bias does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import importlib.util
+import itertools
+import random
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+import converters
+from converters import checks, compat
+from converters.case import Case
+from converters.plan import Drop, Op, Plan, Rename, Reshape, Split, Template, Transpose, meta_state, rename_key
+
+# family -> [(published case to start from, config overrides, side of the random image batch)]:
+# the family's layouts (a family with two, like data2vec-vision's pre-training and fine-tuned
+# ones, lists both). Small so a forward costs milliseconds, shaped so that same-shape keys exist
+# (several blocks per stage) and some matrices are square (a transposition coverage cannot see).
+# A family not listed runs on its smallest published case at its own image size.
+SMALL = {
+    "convnextv2": [("convnextv2_atto_1k_224", {"depths": [2, 1, 2, 1], "hidden_sizes": [8, 16, 32, 64], "num_labels": 64}, 64)],
+    "resnet": [("resnet18", {"depths": [2, 1, 1, 2], "hidden_sizes": [8, 8, 16, 16], "num_labels": 16}, 64),
+               ("resnet50", {"depths": [1, 2, 1, 1], "hidden_sizes": [16, 16, 32, 32], "num_labels": 32}, 64)],
+    # the 10B depths and parts at the reduced random-weights width (Case.random_config)
+    "regnet_seer": [("regnet_y_10b_seer", {}, 64), ("regnet_y_10b_seer_in1k", {"num_labels": 256}, 64)],
+    "data2vec_vision": [
+        (f"data2vec_vision_base{suffix}", {"hidden_size": 32, "num_attention_heads": 2, "num_hidden_layers": 2,
+                                           "intermediate_size": 48, "image_size": 64, "patch_size": 16, **labels}, 64)
+        for suffix, labels in (("", {}), ("_ft1k", {"num_labels": 32}))
+    ],
+}
+MIN_MUTANTS = 20
+PICKS = {"swap": 8, "transpose_square": 3, "transpose": 2, "zero_bias": 4, "drop_key": 4}
+
+
+@dataclass(frozen=True)
+class Zero(Op):
+    """Mutation only: matching tensors become zeros; backward cannot bring them back."""
+
+    key: str
+
+    def forward(self, state):
+        return {k: (torch.zeros_like(v) if Template(self.key).match(k) is not None else v) for k, v in state.items()}
+
+    def backward(self, state):
+        return state
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    plan: Plan
+
+
+def _with_ops(plan: Plan, *ops: Op) -> Plan:
+    return dataclasses.replace(plan, ops=plan.ops + ops)
+
+
+def _swap(plan: Plan, a: str, b: str, target_of: dict) -> Plan:
+    # whole-key renames in front of the plan's own: the first match wins
+    return dataclasses.replace(plan, renames=(Rename(a, target_of[b]), Rename(b, target_of[a])) + plan.renames)
+
+
+# --------------------------------------------------------------------------- explicit mutants
+# The three "teeth" of issue 2 for ConvNeXt-V2, by name (keys of the SMALL configuration).
+TEETH = {
+    "convnextv2": lambda plan, target_of: [
+        Mutant("teeth: pwconv1 weights of blocks 0.0 and 0.1 swapped (same shape)",
+               _swap(plan, "stages.0.0.pwconv1.weight", "stages.0.1.pwconv1.weight", target_of)),
+        # transformers keeps GRN (1, 1, 1, C); reshaping to (C,) as timm's filter does is wrong here
+        Mutant("teeth: GRN gamma/beta reshaped to (C,)",
+               _with_ops(plan, Reshape("stages.{i}.{j}.grn.gamma", (-1,), (1, 1, 1, -1)),
+                         Reshape("stages.{i}.{j}.grn.beta", (-1,), (1, 1, 1, -1)))),
+        Mutant("teeth: bias dropped (stages.2.1.pwconv2.bias)", _with_ops(plan, Drop("stages.2.1.pwconv2.bias"))),
+    ],
+}
+
+
+# --------------------------------------------------------------------------- generated mutants
+
+
+def generate(case: Case, plan: Plan, original: dict, family: str) -> list[Mutant]:
+    rng = random.Random(case.id)  # the same mutants on every run
+    staged = dict(original)
+    for op in plan.ops:  # renames see the names the ops produce
+        staged = op.forward(meta_state(staged))
+    target_of = {k: t for k in staged if (t := rename_key(k, plan.renames)) is not None}
+    # learned float tensors; integer buffers (BatchNorm's num_batches_tracked, index tables) do not
+    # take part in an eval forward, so swapping or zeroing them is not a conversion error
+    learned = sorted(k for k in target_of if staged[k].dtype.is_floating_point and staged[k].numel() > 1)
+    mutants = list(TEETH.get(family, lambda *_: [])(plan, target_of))
+
+    by_shape = {}
+    for key in learned:
+        by_shape.setdefault(tuple(staged[key].shape), []).append(key)
+    pairs = [p for keys in by_shape.values() for p in itertools.combinations(keys, 2)]
+    for a, b in rng.sample(pairs, min(PICKS["swap"], len(pairs))):
+        mutants.append(Mutant(f"swap {a} <-> {b} (shape {tuple(staged[a].shape)})", _swap(plan, a, b, target_of)))
+
+    square, oblong = [], []
+    for key in learned:
+        shape = staged[key].shape
+        for d0, d1 in itertools.combinations(range(len(shape)), 2):
+            if shape[d0] > 1 and shape[d1] > 1:
+                (square if shape[d0] == shape[d1] else oblong).append((key, (d0, d1)))
+    for picks, kind in ((square, "transpose_square"), (oblong, "transpose")):
+        for key, dims in rng.sample(picks, min(PICKS[kind], len(picks))):
+            mutants.append(Mutant(f"transpose {key} dims {dims} (shape {tuple(staged[key].shape)})", _with_ops(plan, Transpose(key, dims))))
+
+    biases = [k for k in learned if k.endswith("bias")]
+    for key in rng.sample(biases, min(PICKS["zero_bias"], len(biases))):
+        mutants.append(Mutant(f"zero {key}", _with_ops(plan, Zero(key))))
+
+    # keys the plan carries over (one it already drops on purpose, like lm_head, is no mutant)
+    carried = sorted(k for k, targets in plan.key_map(original).items() if targets)
+    for key in rng.sample(carried, min(PICKS["drop_key"], len(carried))):
+        mutants.append(Mutant(f"drop {key}", dataclasses.replace(plan, ops=(Drop(key),) + plan.ops)))
+
+    before = meta_state(original)
+    for i, op in enumerate(plan.ops):
+        after = op.forward(before)  # an op passes the tensors it does not match through as they are
+        touches = after.keys() != before.keys() or any(after[k] is not before[k] for k in after)
+        before = after
+        if not touches:  # matches no key of this layout (e.g. a head the file may carry): no mutant
+            continue
+        others = plan.ops[:i] + plan.ops[i + 1:]
+        mutants.append(Mutant(f"op dropped: {op}", dataclasses.replace(plan, ops=others)))
+        # Transpose is its own inverse: reversing it is the same plan, not a mutant
+        if not isinstance(op, Transpose):
+            mutants.append(Mutant(f"op reversed: {op}", dataclasses.replace(plan, ops=plan.ops[:i] + (op.reversed(),) + plan.ops[i + 1:])))
+        if isinstance(op, Split):  # q and k have one shape: chunks in the wrong order
+            rolled = op.targets[1:] + op.targets[:1]
+            mutants.append(Mutant(f"split chunks reordered: {op.source} -> {rolled}",
+                                  dataclasses.replace(plan, ops=plan.ops[:i] + (dataclasses.replace(op, targets=rolled),) + plan.ops[i + 1:])))
+    return mutants
+
+
+# --------------------------------------------------------------------------- the harness's checks
+
+
+def run_checks(case: Case, plan: Plan, original: dict, target: dict, pixels: torch.Tensor, reference: torch.Tensor,
+               stop_at_first_failure: bool = False) -> dict:
+    """The harness's checks on `plan`, cheapest first; the outputs only from a complete conversion
+    (as in the harness: no model is built when key coverage fails)."""
+    converted, coverage = plan.forwards(original, target=target)
+    results = {"key_coverage": checks.key_coverage(case.id, coverage)}
+    if stop_at_first_failure and not coverage.ok:
+        return results
+    results["round_trip"] = checks.round_trip(case.id, plan, converted, original)
+    if coverage.ok and not (stop_at_first_failure and not results["round_trip"].ok):
+        model = converters.build_model(case, converted)
+        with torch.inference_mode():
+            ours = getattr(model(pixel_values=pixels), case.output)
+        results["logits"] = checks.outputs_close(case.id, f"{case.output} vs the oracle", ours, reference, case.atol)
+    return results
+
+
+def small_cases(family: str) -> list[tuple[Case, int]]:
+    if family in SMALL:
+        cases = []
+        for case_id, overrides, side in SMALL[family]:
+            base = converters.get(case_id).for_random_weights()
+            cases.append((dataclasses.replace(base, config={**base.config, **overrides}), side))
+        return cases
+    size = lambda c: sum(t.numel() for t in converters.original_layout(c.for_random_weights()).values())  # noqa: E731
+    smallest = min(converters.cases(family), key=size).for_random_weights()
+    return [(smallest, smallest.image_size)]
+
+
+@contextlib.contextmanager
+def one_thread():
+    """Thread hand-offs cost more than they bring on the shared 2-core machine: 0.68 s per small
+    ConvNeXt-V2 mutant with 2 threads, 0.04 s with 1; ViT-hybrid's 27 published-size mutants
+    157 s with 2, 88 s with 1."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _present(name: str) -> bool:
+    return importlib.util.find_spec(f"converters.{name}") is not None
+
+
+FAMILIES = [
+    pytest.param(name, id=name, marks=[] if _present(name) else [
+        pytest.mark.skip(reason=f"converters/{name}.py does not exist yet: family not written")])
+    for name in converters.families
+]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_mutant_of_the_plan_is_caught(family):
+    cases = small_cases(family)
+    if reason := compat.unsupported(cases[0][0]):
+        pytest.skip(reason)
+    with one_thread():
+        outcomes = [outcome for case, side in cases for outcome in mutation_outcomes(family, case, side)]
+    survivors = [f"{name}: {detail}" for name, killed, detail in outcomes if not killed]
+    print(f"\nmutants {family}: killed {len(outcomes) - len(survivors)} of {len(outcomes)}")
+    assert len(outcomes) >= MIN_MUTANTS, f"{family}: only {len(outcomes)} mutants generated, want >= {MIN_MUTANTS}"
+    assert not survivors, f"{family}: {len(survivors)} of {len(outcomes)} mutants pass every check:\n" + "\n".join(survivors)
+
+
+def mutation_outcomes(family: str, case: Case, side: int) -> list[tuple[str, bool, str]]:
+    """(mutant name, killed, what caught it or the figures it passed with) for every mutant."""
+    plan = converters.plan(case)
+    original = converters.synthetic_original(case)
+    target = converters.target_layout(case)
+    batch = 2 if family in SMALL else 1  # a published-size forward (no small configuration) costs seconds
+    pixels = torch.randn(batch, 3, side, side, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        reference = converters.oracle(case, original)(pixels)
+
+    baseline = run_checks(case, plan, original, target, pixels, reference)
+    assert set(baseline) == {"key_coverage", "round_trip", "logits"} and all(r.ok for r in baseline.values()), (
+        f"{case.id}: the unmutated plan must pass every check first: " + "; ".join(r.message for r in baseline.values() if not r.ok))
+
+    outcomes = []
+    for mutant in generate(case, plan, original, family):
+        # one failing check kills a mutant; a forward at published size costs seconds, so a family
+        # without a small configuration stops at the first failing check
+        results = run_checks(case, mutant.plan, original, target, pixels, reference, stop_at_first_failure=family not in SMALL)
+        failed = [name for name, r in results.items() if not r.ok]
+        figures = results["logits"].figures if "logits" in results else {}
+        detail = (f"caught by {', '.join(failed)}" if failed else
+                  f"{case.output} max abs diff {figures.get('max_abs_diff', float('nan')):.3g} <= atol {case.atol:.1g}")
+        outcomes.append((f"{case.id}: {mutant.name}", bool(failed), detail))
+    return outcomes
