@@ -4,6 +4,10 @@ and failed uploads fail the way the client reports them on the real Hub."""
 
 from __future__ import annotations
 
+from fixtures.hub import require_hub_client_1x
+
+require_hub_client_1x()  # before the imports that differ in huggingface_hub 0.x
+
 import json
 from pathlib import Path
 from urllib.parse import unquote

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import importlib.util
 import itertools
 import random
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ import pytest
 import torch
 
 import converters
+from fixtures.plugin import family_params
 from converters import checks, compat
 from converters.case import Case
 from converters.plan import Drop, Op, Plan, Rename, Reshape, Split, Template, Transpose, meta_state, rename_key
@@ -196,15 +196,7 @@ def one_thread():
         torch.set_num_threads(threads)
 
 
-def _present(name: str) -> bool:
-    return importlib.util.find_spec(f"converters.{name}") is not None
-
-
-FAMILIES = [
-    pytest.param(name, id=name, marks=[] if _present(name) else [
-        pytest.mark.skip(reason=f"converters/{name}.py does not exist yet: family not written")])
-    for name in converters.families
-]
+FAMILIES = family_params()
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -20,7 +20,6 @@ fails as surely as an unpredicted one.
 from __future__ import annotations
 
 import functools
-import importlib.util
 import json
 
 import pytest
@@ -31,6 +30,7 @@ from torchvision import transforms as tv
 from torchvision.transforms.functional import pil_modes_mapping
 
 import converters
+from fixtures.plugin import family_params
 from converters import compat
 from fixtures.images import synthetic_image
 from hypothesis_profiles import examples, given
@@ -172,15 +172,7 @@ def predicted_causes(source: list[tuple], hf: list[tuple]) -> list[str]:
 # --------------------------------------------------------------------------- pipelines per family
 
 
-def _present(name: str) -> bool:
-    return importlib.util.find_spec(f"converters.{name}") is not None
-
-
-FAMILIES = [
-    pytest.param(name, id=name, marks=[] if _present(name) else [
-        pytest.mark.skip(reason=f"converters/{name}.py does not exist yet: family not written")])
-    for name in converters.families
-]
+FAMILIES = family_params()
 
 
 @functools.cache

@@ -7,6 +7,10 @@ in output, the report or any saved file."""
 
 from __future__ import annotations
 
+from fixtures.hub import require_hub_client_1x
+
+require_hub_client_1x()  # before the imports that differ in huggingface_hub 0.x
+
 import json
 import os
 import subprocess

@@ -29,6 +29,7 @@ import torch
 from hypothesis import strategies as st
 
 import converters
+from fixtures.plugin import family_params
 from converters import checks, compat
 from converters.case import random_state
 from converters.plan import Drop, Plan, Rename, Reshape, Split, Transpose
@@ -142,24 +143,7 @@ DEAR = {
 }
 
 
-def _present(name: str) -> bool:
-    return importlib.util.find_spec(f"converters.{name}") is not None
-
-
-def _family_params(requires=None):
-    """One param per family in converters.families; absent families skip with the reason."""
-    params = []
-    for name in converters.families:
-        marks = []
-        if not _present(name):
-            marks.append(pytest.mark.skip(reason=f"converters/{name}.py does not exist yet: family not written"))
-        elif requires is not None and (reason := requires(name)):
-            marks.append(pytest.mark.skip(reason=reason))
-        params.append(pytest.param(name, id=name, marks=marks))
-    return params
-
-
-FAMILIES = _family_params()
+FAMILIES = family_params()
 
 
 def draw_case(data, family: str, tiny: bool):
@@ -202,7 +186,7 @@ def _changed(expected: dict, actual: dict) -> list[str]:
 
 
 def test_every_family_has_a_configuration_strategy():
-    missing = [name for name in converters.families if _present(name) and name not in STRATEGIES]
+    missing = [name for name in converters.families if importlib.util.find_spec(f"converters.{name}") is not None and name not in STRATEGIES]
     assert not missing, f"families tested on published configurations only, declare a strategy in {__file__}: {missing}"
 
 
@@ -414,7 +398,7 @@ def each_op_inverts_exactly(case, seed):
             state = _check_inverse_pair(op, state)
 
 
-@pytest.mark.parametrize("family", _family_params(requires=_plan_has_ops))
+@pytest.mark.parametrize("family", family_params(requires=_plan_has_ops))
 def test_each_plan_operation_is_an_exact_inverse_pair_on_the_family_layout(family):
     for_each_configuration(family, tiny=True, prop=each_op_inverts_exactly)
 
