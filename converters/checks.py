@@ -42,9 +42,27 @@ def round_trip(case_id: str, plan: Plan, converted: Mapping, original: Mapping) 
     """Backwards after forwards gives the original tensors bit for bit (dtype included)."""
     back, coverage = plan.backwards(converted, target=original)
     skipped = set(plan.unrestorable(original))
-    changed = [k for k, v in original.items()
-               if k in back and k not in skipped and (back[k].dtype != v.dtype or not torch.equal(back[k], v))]
-    problems = coverage.problems() + [f"tensor changed: {k}" for k in changed]
-    message = f"{case_id}: round trip is not exact, {len(problems)} problems:\n" + "\n".join(problems)
-    figures = {"max_abs_diff": 0.0 if not problems else None, "atol": 0.0, "not_restorable": sorted(skipped)}
+    changed, worst = [], 0.0
+    for key, value in original.items():
+        if key not in back or key in skipped:
+            continue
+        diff = _max_abs_diff(back[key], value)
+        worst = max(worst, diff)
+        if back[key].dtype != value.dtype or diff != 0.0:
+            changed.append(f"tensor changed: {key} ({back[key].dtype} {tuple(back[key].shape)} vs {value.dtype} "
+                           f"{tuple(value.shape)}, max abs diff {diff:.3g})")
+    problems = coverage.problems() + changed
+    message = (f"{case_id}: round trip is not exact, max abs diff {worst:.3g} > tolerance 0, "
+               f"{len(problems)} problems:\n" + "\n".join(problems))
+    figures = {"max_abs_diff": worst, "atol": 0.0, "not_restorable": sorted(skipped)}
     return Check(not problems, message, figures)
+
+
+def _max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    """inf when shapes differ (nothing to compare element-wise); NaN-safe: NaN counts as inf."""
+    if a.shape != b.shape:
+        return float("inf")
+    if a.numel() == 0:
+        return 0.0
+    diff = (a.double() - b.double()).abs().max().item()
+    return float("inf") if diff != diff else diff

@@ -220,14 +220,17 @@ def oracle(case: Case, original):
 
 
 def source_transform(case: Case):
-    """The original evaluation's preprocessing in torchvision: resize to a square, no centre crop."""
+    """The original evaluation's preprocessing in torchvision, written from the original code, not
+    from `case.processor` (so the pixel check can catch a wrong processor): resize to the model's
+    square input, bicubic, no centre crop, the BEiT code's Inception mean/std (0.5), which it
+    imports from timm."""
+    from timm.data.constants import IMAGENET_INCEPTION_MEAN, IMAGENET_INCEPTION_STD
     from torchvision import transforms
 
-    p = case.processor
     return transforms.Compose([
-        transforms.Resize((p["size"]["height"], p["size"]["width"]), interpolation=transforms.InterpolationMode.BICUBIC),
+        transforms.Resize((case.image_size, case.image_size), interpolation=transforms.InterpolationMode.BICUBIC),
         transforms.ToTensor(),
-        transforms.Normalize(p["image_mean"], p["image_std"]),
+        transforms.Normalize(IMAGENET_INCEPTION_MEAN, IMAGENET_INCEPTION_STD),
     ])
 
 

@@ -11,7 +11,7 @@ import torch
 import converters
 from converters import checks
 from converters.localise import first_divergence
-from converters.plan import Drop, Plan, Rename, Reshape
+from converters.plan import Drop, Plan, Rename, Reshape, Transpose
 
 # A small configuration of the real layout: same code paths, milliseconds per forward.
 CASE = dataclasses.replace(
@@ -74,6 +74,25 @@ def test_dropped_bias_fails_key_coverage(original):
     blocks = sum(CASE.config["depths"])
     assert result.message.count("target key not produced") == blocks
     assert "convnextv2.encoder.stages.2.layers.1.pwconv1.bias" in result.message
+
+
+@dataclasses.dataclass(frozen=True)
+class OneWayTranspose(Transpose):
+    """A transposition whose declared inverse forgets to transpose back."""
+
+    def backward(self, state):
+        return state
+
+
+def test_an_operation_without_its_exact_inverse_fails_round_trip(original):
+    # The 7x7 depthwise kernels transposed: every key and shape still fits, so coverage passes;
+    # the round trip (and the logits) must not.
+    one_way = dataclasses.replace(converters.plan(CASE), ops=(OneWayTranspose("stages.{i}.{j}.dwconv.weight", (2, 3)),))
+    results = run_checks(one_way, original)
+    assert results["key_coverage"].ok and not results["round_trip"].ok and not results["logits"].ok
+    message = results["round_trip"].message
+    assert "tensor changed: stages.0.0.dwconv.weight" in message and "> tolerance 0" in message
+    assert message.count("tensor changed") == sum(CASE.config["depths"]) and results["round_trip"].figures["max_abs_diff"] > 0
 
 
 def test_zeroed_bias_fails_logits(original):

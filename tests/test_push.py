@@ -205,3 +205,27 @@ def test_push_refuses_random_weights_and_a_rejected_token_before_any_conversion_
     # registry, which it sends to whatever endpoint is configured); nothing created, nothing saved.
     assert [r.path for r in hub.requests if r.path != "/api/agent-harnesses"] == ["/api/whoami-v2"] and hub.repos == {}
     assert [p for d in ("a", "b") for p in (tmp_path / d / "tmp").iterdir()] == []
+
+
+def test_a_server_that_echoes_the_token_never_gets_it_into_the_error(hub_server, tmp_path):
+    """Teeth for the token checks above: this server quotes the Authorization header in its error,
+    and the push error (what the session prints and reports) carries `<token>` in its place."""
+    from converters import publish
+
+    hub = hub_server
+    hub.fail_commit, hub.echo_token = True, True
+    folder = tmp_path / ATTO.id
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    (folder / "validation.json").write_text(json.dumps({
+        "case": ATTO.id, "model_class": ATTO.model_class, "original": {"weights": "pretrained", "source": "test"},
+        "checks": {"logits": {"status": "passed", "max_abs_diff": 0.0, "atol": 1e-5}}}))
+    try:
+        publish.push(folder, repo_id(ATTO), token=hub.token, endpoint=hub.endpoint)
+    except publish.PushError as e:
+        error = e
+    else:
+        raise AssertionError("the push was meant to fail")
+    assert "injected failure: commit" in str(error) and "Authorization: Bearer <token>" in str(error), str(error)
+    assert hub.token not in str(error) and hub.token not in (error.retry or "")
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "validation.json"]  # the folder is intact

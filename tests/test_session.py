@@ -48,6 +48,21 @@ def test_pretrained_mode_loads_the_cached_original_through_the_real_loader(tmp_p
     assert validation["original"]["sha256"] == checkpoint.sha256(cached)
     assert validation["original"]["weights"] == "pretrained"
 
+    # The report carries every figure of the logits check, the time and memory of the case.
+    logits = entry["checks"]["logits"]
+    assert 0 <= logits["max_abs_diff"] <= logits["atol"] == ATTO.atol and 0 <= logits["max_rel_diff"]
+    assert 0.999999 < logits["cosine_similarity"] <= 1.000001 and logits["top5_agreement"] == 1.0
+    assert entry["seconds"] > 0 and entry["peak_rss_mb"] > 100
+    assert f"{ATTO.id} logits: max abs {logits['max_abs_diff']:.2e} (atol 1e-05)" in result.stdout
+
+    # The card: source, weights mode, one table row per check with its figures, versions.
+    card = (tmp_path / "out" / ATTO.id / "README.md").read_text()
+    assert f"`{ATTO.url}`" in card and "Weights: **pretrained**" in card and "Random weights" not in card
+    assert f"| logits | passed | {logits['max_abs_diff']:.3g} | 1e-05 |" in card
+    assert "| save_reload | passed | 0 | 0 |" in card and "| round_trip | passed | 0 | 0 |" in card
+    assert "| expected_logits | skipped |" in card and "synthetic_640x480" in card
+    assert f"torch {torch.__version__}" in card and "transformers " in card
+
 
 def test_pretrained_mode_without_weights_skips_saying_how_to_provide_them(tmp_path):
     result = run_harness(tmp_path, "-k", ATTO.id, "--weights", "pretrained", "--report", str(tmp_path / "r.json"))
@@ -125,3 +140,13 @@ def test_update_expected_records_then_checks_the_published_weights(tmp_path):
     assert checked.returncode == 1
     check = json.loads((tmp_path / "r.json").read_text())["cases"][ATTO.id]["checks"]["expected_logits"]
     assert check["status"] == "failed" and abs(check["max_abs_diff"] - 0.5) < 1e-3 and "max abs diff" in check["reason"]
+
+    # A local --checkpoint file with no record for it: the check skips saying why, it is not an error.
+    (expected_dir / f"{ATTO.id}.json").unlink()
+    other = converters.synthetic_original(ATTO)
+    other["head.bias"] += 1
+    torch.save({"model": other}, tmp_path / "local.pt")
+    local = run_harness(tmp_path, *args, "--checkpoint", f"{ATTO.id}={tmp_path / 'local.pt'}", env=env)
+    assert local.returncode == 0, local.stdout[-3000:]
+    check = json.loads((tmp_path / "r.json").read_text())["cases"][ATTO.id]["checks"]["expected_logits"]
+    assert check["status"] == "skipped" and "not the recorded original" in check["reason"] and "recorded none" in check["reason"]
