@@ -11,6 +11,7 @@ import torch
 import converters
 from converters import CheckpointError, checks, data2vec_vision, sources
 
+pytestmark = pytest.mark.data2vec_vision  # the nightly workflow selects families by mark
 BASE, BASE_FT, LARGE = (converters.get(c) for c in ("data2vec_vision_base", "data2vec_vision_base_ft1k", "data2vec_vision_large"))
 
 

@@ -12,6 +12,7 @@ from converters import compat
 from converters.reference import timm_data_config
 from fixtures.plugin import case_marks
 
+pytestmark = pytest.mark.vit_hybrid  # the nightly workflow selects families by mark
 CASE = converters.get("vit_hybrid_base_bit_384")
 needs_vit_hybrid = pytest.mark.skipif(compat.unsupported(CASE) is not None, reason=str(compat.unsupported(CASE)))
 
