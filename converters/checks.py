@@ -12,7 +12,7 @@ from typing import Mapping
 
 import torch
 
-from .metrics import compare
+from .metrics import compare, max_abs_diff
 from .plan import Coverage, Plan
 
 
@@ -46,7 +46,7 @@ def round_trip(case_id: str, plan: Plan, converted: Mapping, original: Mapping) 
     for key, value in original.items():
         if key not in back or key in skipped:
             continue
-        diff = _max_abs_diff(back[key], value)
+        diff = max_abs_diff(back[key], value)
         worst = max(worst, diff)
         if back[key].dtype != value.dtype or diff != 0.0:
             changed.append(f"tensor changed: {key} ({back[key].dtype} {tuple(back[key].shape)} vs {value.dtype} "
@@ -57,12 +57,3 @@ def round_trip(case_id: str, plan: Plan, converted: Mapping, original: Mapping) 
     figures = {"max_abs_diff": worst, "atol": 0.0, "not_restorable": sorted(skipped)}
     return Check(not problems, message, figures)
 
-
-def _max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
-    """inf when shapes differ (nothing to compare element-wise); NaN-safe: NaN counts as inf."""
-    if a.shape != b.shape:
-        return float("inf")
-    if a.numel() == 0:
-        return 0.0
-    diff = (a.double() - b.double()).abs().max().item()
-    return float("inf") if diff != diff else diff

@@ -19,3 +19,13 @@ def compare(actual: torch.Tensor, expected: torch.Tensor) -> dict:
         same = [set(x.tolist()) == set(y.tolist()) for x, y in zip(a.topk(5).indices, e.topk(5).indices)]
         figures["top5_agreement"] = sum(same) / len(same)
     return figures
+
+
+def max_abs_diff(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """One figure for tensors that should be equal: inf when shapes differ or a NaN appears."""
+    if actual.shape != expected.shape:
+        return float("inf")
+    if actual.numel() == 0:
+        return 0.0
+    diff = (actual.double() - expected.double()).abs().max().item()
+    return float("inf") if diff != diff else diff

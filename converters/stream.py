@@ -24,6 +24,7 @@ from typing import Mapping
 import torch
 
 from .case import Case
+from .metrics import max_abs_diff
 
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
@@ -173,7 +174,7 @@ def verify_file(path: Path, keys, expected: Mapping[str, torch.Tensor]) -> list[
                 if written.dtype != source.dtype or written.shape != source.shape:
                     problems.append(f"{name}: {key} is {written.dtype} {tuple(written.shape)}, source {source.dtype} {tuple(source.shape)}")
                 elif not torch.equal(written, source):
-                    diff = (written.double() - source.double()).abs().max().item() if written.is_floating_point() else None
+                    diff = max_abs_diff(written, source) if written.is_floating_point() else None
                     problems.append(f"{name}: {key} differs from the source (max abs diff {diff})")
     return problems + [f"{name}: {key} in the file but not in the index" for key in sorted(present - set(keys))]
 

@@ -123,16 +123,15 @@ def test_save_reload(case, original, hf_processor, pixels, images, harness, reco
     changed = sorted(k for k in saved if k not in reloaded_state or not torch.equal(saved[k], reloaded_state[k]))
     assert not changed, f"{case.id}: tensors changed by save/reload: {', '.join(changed)}"
     expected = request.getfixturevalue("hf_output")
-    diff = (output(case, reloaded.eval(), pixels) - expected).abs().max().item()
-    figures = {"max_abs_diff": diff, "atol": 0.0}
-    if diff != 0.0:
+    check = checks.outputs_close(case.id, "reloaded model's output", output(case, reloaded.eval(), pixels), expected, 0.0)
+    memory_mapped = {}
+    if not check.ok:
         # from_pretrained memory-maps safetensors, whose tensors sit at 16-byte (not 64-byte) offsets,
         # and single-threaded CPU kernels then take other paths (RegNet, one thread: 5.7e-6). The same
         # bytes in aligned memory must give the outputs exactly; both figures are reported.
+        memory_mapped = {"memory_mapped_max_abs_diff": check.figures.get("max_abs_diff")}
         for tensor in itertools.chain(reloaded.parameters(), reloaded.buffers()):
             tensor.data = tensor.data.clone()
-        figures = {"max_abs_diff": (output(case, reloaded, pixels) - expected).abs().max().item(), "atol": 0.0,
-                   "memory_mapped_max_abs_diff": diff}
-    record.figures(**figures)
-    assert figures["max_abs_diff"] == 0.0, (f"{case.id}: reloaded model differs, max abs diff "
-                                            f"{figures['max_abs_diff']:.3g} > tolerance 0 (outputs must be exact)")
+        check = checks.outputs_close(case.id, "reloaded model's output", output(case, reloaded, pixels), expected, 0.0)
+    record.figures(**check.figures, **memory_mapped)
+    assert check.ok, f"{check.message} (outputs must be exact)"
