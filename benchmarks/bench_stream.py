@@ -51,11 +51,13 @@ def make_checkpoint(path: Path, group_width: int) -> int:
     import torch
 
     import converters
-    from converters import regnet_seer
 
     case = bench_case(group_width)
-    state = converters.synthetic_original(case)
-    torch.save({"classy_state_dict": regnet_seer._nested(state)["classy_state_dict"], "iteration": 124500}, path)
+    model = {"trunk": {}, "heads": {}}  # vissl's file structure: trunk and heads under the base model
+    for key, value in converters.synthetic_original(case).items():
+        part, _, rest = key.partition(".")
+        model[part][rest] = value
+    torch.save({"classy_state_dict": {"base_model": {"model": model}}, "iteration": 124500}, path)
     return path.stat().st_size
 
 
@@ -78,7 +80,7 @@ def child(method: str, src: str, dst: str, group_width: int) -> None:
     from converters.plan import rename_key
 
     case = bench_case(group_width)
-    converters.plan(case)  # the key map, traced on a small meta model: a fixed cost, like the imports
+    converters.plan_of(case)  # the key map, traced on a small meta model: a fixed cost, like the imports
     imports = time.perf_counter() - started
     print(json.dumps({"imported": imports, "baseline_kb": rss_anon_kb()}), flush=True)
     sys.stdin.readline()  # the parent samples memory from here on
@@ -88,7 +90,7 @@ def child(method: str, src: str, dst: str, group_width: int) -> None:
         loaded = torch.load(src, map_location="cpu", weights_only=True)  # everything in memory
         model = loaded["classy_state_dict"]["base_model"]["model"]
         flat = {f"{part}.{k}": v for part in ("trunk", "heads") for k, v in model[part].items()}
-        renames = converters.plan(case).renames
+        renames = converters.plan_of(case).renames
         converted = {rename_key(k, renames): v for k, v in flat.items()}
         Path(dst).mkdir()
         out = Path(dst) / "pytorch_model.bin"

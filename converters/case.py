@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field, replace
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -34,9 +35,18 @@ class Case:
     # A measured, explained difference between the original preprocessing and every transformers
     # image processor configuration: the pixel check is then a strict expected failure with this reason.
     pixel_divergence: str | None = None
+    # A measured, explained difference between the converted model and the original evaluation's
+    # model that no transformers configuration removes (DINOv2's position-embedding interpolation):
+    # the logits check compares with an oracle that shares transformers' choice, and this says
+    # what differs from the original evaluation, in the summary and the model card.
+    output_divergence: str | None = None
     # Too large to hold in memory (a 10B model): the original file is memory-mapped, `--save` streams
     # it tensor by tensor into shards, and forward-pass checks skip when the model cannot fit in memory.
     streamed: bool = False
+    # Original files beside the main one (`url`), by part name: a DINOv2 linear classifier is a
+    # backbone file plus a head file. A part's keys enter the original state under `<part>.`;
+    # `--checkpoint CASE:PART=PATH` gives a local file for a part.
+    extra_files: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def seed(self) -> int:
@@ -53,10 +63,12 @@ class Case:
         return int(self.config.get("image_size", 224))
 
 
-def random_like(name: str, meta: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def random_like(name: str, meta: "torch.Tensor", generator: "torch.Generator") -> "torch.Tensor":
     """A random tensor for one original key. Every tensor is randomised (norm scales, biases,
     BatchNorm statistics too): originals that initialise to zero would hide mapping bugs.
     Scales keep activations O(1) so logit tolerances stay meaningful."""
+    import torch
+
     shape, dtype = tuple(meta.shape), meta.dtype
     if not dtype.is_floating_point:
         return torch.randint(0, 8, shape, generator=generator, dtype=dtype)
@@ -69,9 +81,11 @@ def random_like(name: str, meta: torch.Tensor, generator: torch.Generator) -> to
     return scale + 1.0 if name.endswith(("weight", "gamma")) and "grn" not in name else scale
 
 
-def random_state(layout: Mapping[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
+def random_state(layout: Mapping[str, "torch.Tensor"], seed: int) -> dict[str, "torch.Tensor"]:
     """Random tensors for every meta entry of `layout`; real tensors in it (index buffers the
     original computes) are kept as they are."""
+    import torch
+
     generator = torch.Generator().manual_seed(seed)
     return {
         name: random_like(name, meta, generator) if meta.is_meta else meta.clone()

@@ -73,6 +73,31 @@ def _share_like_umask(folder: Path) -> None:
         os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
 
 
+def stage(case, folder: Path, processor, model=None, original=None, source_path=None) -> dict:
+    """Write the weights, config and preprocessor config of a conversion into `folder` (a staging
+    folder): `model.save_pretrained`, or for a streamed case the original tensors converted shard
+    by shard and verified (`converters.stream.save`). Returns figures for the record."""
+    figures = {}
+    if case.streamed:
+        from .stream import save
+
+        streamed = save(case, original, folder, source_path=source_path)
+        figures = {"tensors_verified": streamed.tensors, "shards": len(streamed.files)}
+    else:
+        model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return figures
+
+
+def finish_save(case, staging: Path, destination: Path, validation: dict) -> Path:
+    """Complete a staged folder (weights and preprocessor in it) with validation.json and the model
+    card, then rename it into place atomically. The one way the harness saves a case: session
+    finish and the tests that kill a save midway both call it."""
+    write_json(staging / "validation.json", validation)
+    model_card(case, validation).save(staging / "README.md")
+    return publish(staging, destination)
+
+
 def discard(staging: Path) -> None:
     shutil.rmtree(staging, ignore_errors=True)
 

@@ -38,21 +38,25 @@ def reachable(url: str, timeout: float = 3.0) -> bool:
         return False
 
 
-def how_to_provide(case: Case) -> str:
-    if case.url:
-        return f"put the original file at {cache_path(case.url)} or pass --checkpoint {case.id}=PATH"
-    return f"pass --checkpoint {case.id}=PATH"
+def how_to_provide(case: Case, part: str | None = None) -> str:
+    url = case.extra_files[part] if part else case.url
+    option = f"--checkpoint {case.id}{':' + part if part else ''}=PATH"
+    if url:
+        return f"put the original file at {cache_path(url)} or pass {option}"
+    return f"pass {option}"
 
 
-def original_file(case: Case, download: bool) -> Path:
-    """The cached original file, downloaded into the cache first when allowed and needed."""
-    if not case.url:
-        raise Unavailable(f"{case.id}: no URL source; {how_to_provide(case)}")
-    path = cache_path(case.url)
+def original_file(case: Case, download: bool, part: str | None = None) -> Path:
+    """The cached original file (or, with `part`, one of `case.extra_files`), downloaded into
+    torch.hub's cache first when allowed and needed."""
+    url = case.extra_files[part] if part else case.url
+    if not url:
+        raise Unavailable(f"{case.id}: no URL source; {how_to_provide(case, part)}")
+    path = cache_path(url)
     if path.is_file():
         return path
-    if not download or not reachable(case.url):
-        raise Unavailable(f"{case.id}: {case.url} is not cached and not reachable; {how_to_provide(case)}")
+    if not download or not reachable(url):
+        raise Unavailable(f"{case.id}: {url} is not cached and not reachable; {how_to_provide(case, part)}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.hub.download_url_to_file(case.url, str(path), progress=False)  # writes a temp file, then renames
+    torch.hub.download_url_to_file(url, str(path), progress=False)  # writes a temp file, then renames
     return path

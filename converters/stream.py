@@ -225,7 +225,7 @@ def save(case: Case, original: Mapping[str, torch.Tensor], folder: Path, shard_b
     the next is written. Raises StreamError on any problem."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from . import build_config, convert
+    from .core import build_config, convert
 
     converted, coverage = convert(case, original)
     if not coverage.ok:
@@ -255,7 +255,8 @@ def save(case: Case, original: Mapping[str, torch.Tensor], folder: Path, shard_b
 def convert_file(case: Case, path, destination, shard_bytes: int = DEFAULT_SHARD_BYTES) -> Streamed:
     """Original file -> `destination` folder, streamed: memory-mapped source, staged output, verified,
     then renamed into place. Nothing is left at `destination` (or in staging) unless all succeeded."""
-    from . import export, load_original
+    from . import export
+    from .core import load_original
 
     destination = Path(destination)
     if destination.exists():
@@ -276,7 +277,7 @@ def convert_file(case: Case, path, destination, shard_bytes: int = DEFAULT_SHARD
 
 
 def weight_bytes(case: Case) -> int:
-    from . import target_layout
+    from .core import target_layout
 
     return sum(nbytes(t) for t in target_layout(case).values())
 

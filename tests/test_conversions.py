@@ -1,4 +1,5 @@
-"""The six checks of every conversion case, one test function each, sharing cached fixtures.
+"""The checks of every conversion case, one test function each, sharing cached fixtures. Each
+declares itself with `@pytest.mark.check(name)`: results, the summary and saving key on that mark.
 
     pytest -k convnextv2_atto --save out/
 """
@@ -22,6 +23,7 @@ from fixtures.models import output
 EXPECTED_DIR = Path(os.environ.get("VISION_PORT_EXPECTED_DIR", Path(__file__).resolve().parents[1] / "expected_logits"))
 
 
+@pytest.mark.check("key_coverage")
 def test_key_coverage(case, original, converted, record):
     """Every original key consumed once, every target key produced, shapes equal."""
     record.original(original)
@@ -30,6 +32,7 @@ def test_key_coverage(case, original, converted, record):
     assert check.ok, check.message
 
 
+@pytest.mark.check("pixel_values")
 def test_pixel_values(case, images, hf_processor, source_transform, record, request):
     """The transformers processor reproduces the original evaluation preprocessing exactly."""
     if case.pixel_divergence:  # measured and explained: it must still fail, else the xfail is stale
@@ -45,6 +48,7 @@ def test_pixel_values(case, images, hf_processor, source_transform, record, requ
     assert worst == 0.0, f"{case.id}: pixel values differ, max abs diff {worst:.3g} > tolerance 0 (per image: {diffs})"
 
 
+@pytest.mark.check("logits")
 def test_logits(case, original, hf_model, hf_output, oracle_model, pixels, record):
     """The converted model against an implementation we did not write, on the same pixels."""
     record.original(original)
@@ -58,6 +62,7 @@ def test_logits(case, original, hf_model, hf_output, oracle_model, pixels, recor
         pytest.fail(f"{check.message}\n{where}", pytrace=False)
 
 
+@pytest.mark.check("expected_logits", may_skip=True)
 def test_expected_logits(case, original, hf_model, hf_processor, harness, record, request):
     """On the published weights: the COCO image's logits against expected_logits/<case>.json."""
     record.original(original)
@@ -87,14 +92,16 @@ def test_expected_logits(case, original, hf_model, hf_processor, harness, record
     assert diff <= expected["atol"], f"{case.id}: logits vs {path.name}, max abs diff {diff:.3g} > atol {expected['atol']:.1g}"
 
 
+@pytest.mark.check("round_trip")
 def test_round_trip(case, original, converted, record):
     """The plan run backwards gives the original checkpoint back, bit for bit."""
     record.original(original)
-    check = checks.round_trip(case.id, converters.plan(original.case), converted[0], original.state)
+    check = checks.round_trip(case.id, converters.plan_of(original.case), converted[0], original.state)
     record.figures(**check.figures)
     assert check.ok, check.message
 
 
+@pytest.mark.check("save_reload")
 def test_save_reload(case, original, hf_processor, pixels, images, harness, record, tmp_path, request):
     """What save_pretrained wrote reloads with from_pretrained to the same tensors, outputs and pixels."""
     record.original(original)
@@ -102,12 +109,10 @@ def test_save_reload(case, original, hf_processor, pixels, images, harness, reco
     folder = export.staging_dir(opts.save, case.id) if opts.save else tmp_path / case.id
     if opts.save:  # staged even if this check fails: session finish then discards it
         results.staged[case.id] = (folder, {"original": original.describe(), "images": list(images), "url": case.url})
-    if case.streamed:  # tensor by tensor into shards, each read back and compared with its source
-        streamed = stream.save(original.case, original.state, folder, source_path=original.path)
-        record.figures(tensors_verified=streamed.tensors, shards=len(streamed.files))
-    else:
-        request.getfixturevalue("hf_model").save_pretrained(folder)
-    hf_processor.save_pretrained(folder)
+    # streamed: tensor by tensor into shards, each read back and compared with its source
+    model = None if case.streamed else request.getfixturevalue("hf_model")
+    record.figures(**export.stage(original.case, folder, hf_processor, model=model, original=original.state,
+                                  source_path=original.path))
     reloaded_pixels = type(hf_processor).from_pretrained(folder)(images=list(images.values()), return_tensors="pt")["pixel_values"]
     assert torch.equal(reloaded_pixels, pixels), f"{case.id}: the saved preprocessor config gives other pixel values"
     too_large = stream.too_large(original.case)

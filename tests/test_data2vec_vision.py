@@ -9,7 +9,8 @@ import pytest
 import torch
 
 import converters
-from converters import CheckpointError, checks, data2vec_vision, sources
+from converters import CheckpointError, checks, sources
+from converters.families import data2vec_vision
 
 pytestmark = pytest.mark.data2vec_vision  # the nightly workflow selects families by mark
 BASE, BASE_FT, LARGE = (converters.get(c) for c in ("data2vec_vision_base", "data2vec_vision_base_ft1k", "data2vec_vision_large"))
@@ -89,10 +90,10 @@ def test_rebuilt_relative_position_index_matches_timm(window):
 
 def test_round_trip_restores_the_index_and_says_lm_head_is_lost():
     layout = converters.original_layout(BASE)
-    back, coverage = converters.plan(BASE).backwards(converters.convert(BASE, layout)[0], target=layout)
+    back, coverage = converters.plan_of(BASE).backwards(converters.convert(BASE, layout)[0], target=layout)
     assert coverage.ok, coverage.describe()
     assert torch.equal(back["rel_pos_bias.relative_position_index"], layout["rel_pos_bias.relative_position_index"])
-    assert converters.plan(BASE).unrestorable(layout) == ["lm_head.bias", "lm_head.weight"]
+    assert converters.plan_of(BASE).unrestorable(layout) == ["lm_head.bias", "lm_head.weight"]
 
 
 def test_published_files_get_one_cache_entry_each(tmp_path, monkeypatch):

@@ -17,9 +17,9 @@ from fixtures.hub import hub_server  # noqa: F401  (the fixture)
 ROOT = Path(__file__).resolve().parents[1]
 ATTO, FEMTO, PICO = (converters.get(f"convnextv2_{size}_1k_224") for size in ("atto", "femto", "pico"))
 
-# A process that saves a case exactly as the harness does (test_save_reload writes the model and
-# processor into a staging folder, session finish adds validation.json and the card and renames it
-# into place), once per request, each time in a forked child that is killed at the requested point:
+# A process that saves a case exactly as the harness does (the save/reload check stages the model
+# and processor with `export.stage`, session finish completes the folder with `export.finish_save`:
+# validation.json, the card, the rename into place), once per request, each time in a forked child that is killed at the requested point:
 # "none", "after:<seconds>" (SIGKILL from outside, mid-whatever), or "<os function>:<n>" (the child
 # SIGKILLs itself at that call, e.g. just before the final rename). Imports and the model are paid
 # for once; the first save (unkilled) is the reference and the "earlier output".
@@ -39,13 +39,10 @@ validation = {"case": case.id, "family": case.family, "model_class": case.model_
               "original": {"weights": "random", "source": "synthetic"},
               "checks": {"logits": {"status": "passed", "max_abs_diff": 0.0, "atol": 1e-5}}}
 
-def save(out):
+def save(out):  # the harness's own two steps: the save/reload check stages, session finish completes
     staging = export.staging_dir(out, case.id)
-    model.save_pretrained(staging)
-    processor.save_pretrained(staging)
-    export.write_json(staging / "validation.json", validation)
-    export.model_card(case, validation).save(staging / "README.md")
-    export.publish(staging, out / case.id)
+    export.stage(case, staging, processor, model=model)
+    export.finish_save(case, staging, out / case.id, validation)
 
 def die_at(name, n):
     real, calls = getattr(os, name), [0]

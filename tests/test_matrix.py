@@ -4,6 +4,7 @@ other and with the families, and the nightly's reachability probe answers fast w
 from __future__ import annotations
 
 import configparser
+import json
 import re
 import socket
 import time
@@ -11,7 +12,8 @@ from pathlib import Path
 
 import yaml
 
-import converters
+from converters import registry
+from converters.family import TRANSFORMERS_LINES
 from converters.sources import reachable
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,24 +44,47 @@ def test_tox_offline_envs_pin_both_transformers_lines():
     assert "HYPOTHESIS_PROFILE = thorough" in nightly["setenv"]
 
 
-def test_nightly_workflow_covers_every_family_on_both_lines():
-    workflow = yaml.safe_load((ROOT / ".github" / "workflows" / "nightly.yml").read_text())
+def test_nightly_matrix_is_generated_from_the_registry():
+    """The committed matrix equals the registry's (regenerate: python -m converters.registry --write),
+    and it covers every family on each transformers line it declares, plus the harness's tests."""
+    committed = json.loads((ROOT / registry.NIGHTLY_MATRIX).read_text())
+    assert committed == registry.nightly_matrix(), "out of date: run python -m converters.registry --write"
+    jobs = {(job["family"], job["transformers"]) for job in committed["include"]}
+    expected = {(name, line) for name, f in registry.families().items() for line in f.transformers_lines}
+    assert jobs == expected | {("harness", line) for line in TRANSFORMERS_LINES}
+    # exclusions are the families' own declarations, e.g. a model class removed in 5.x
+    for name, f in registry.families().items():
+        for line in set(TRANSFORMERS_LINES) - set(f.transformers_lines):
+            assert compat_skips_on(line, f), f"{name} is left out of {line} but its cases run there"
+
+
+def compat_skips_on(line: str, family) -> bool:
+    """A family left out of the installed line must be one whose cases skip there."""
+    from converters import compat
+
+    installed = "==4.57.6" if compat.MAJOR < 5 else ">=5,<6"
+    return line != installed or all(compat.unsupported(c) for c in family.cases)
+
+
+def test_nightly_workflow_names_no_family_and_reads_the_generated_matrix():
+    text = (ROOT / ".github" / "workflows" / "nightly.yml").read_text()
+    workflow = yaml.safe_load(text)
     job = workflow["jobs"]["convert"]
-    matrix = job["strategy"]["matrix"]
-    assert set(matrix["family"]) == set(converters.families) | {"harness"}
-    assert set(matrix["transformers"]) == {"==4.57.6", ">=5,<6"}
-    assert matrix["exclude"] == [{"transformers": ">=5,<6", "family": "vit_hybrid"}]
+    assert job["strategy"]["matrix"] == "${{ fromJSON(needs.families.outputs.matrix) }}"
+    assert registry.NIGHTLY_MATRIX in workflow["jobs"]["families"]["steps"][-1]["run"]
+    named = [name for name in registry.family_names() if re.search(rf"\b{name}\b", text)]
+    assert not named, f"the workflow names families {named}: take them from the registry"
     run = next(step["run"] for step in job["steps"] if step.get("name") == "Run")
-    assert run.startswith("tox -e nightly -- -m ")
+    assert run.startswith("tox -e nightly -- -m ") and job["env"]["MARKERS"] == "${{ matrix.markers }}"
     assert "schedule" in workflow["on"] and job["env"]["TRANSFORMERS_SPEC"] == "${{ matrix.transformers }}"
 
 
 def test_family_test_modules_carry_their_family_mark():
     """The nightly jobs select a family by mark: a family's own test module must carry it."""
-    for family in converters.families:
-        module = ROOT / "tests" / f"test_{family}.py"
+    for name in registry.family_names():
+        module = ROOT / "tests" / f"test_{name}.py"
         if module.exists():
-            assert f"pytestmark = pytest.mark.{family}" in module.read_text(), module.name
+            assert f"pytestmark = pytest.mark.{name}" in module.read_text(), module.name
 
 
 def test_reachability_probe_answers_fast_when_offline(monkeypatch):

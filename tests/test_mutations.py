@@ -28,23 +28,6 @@ from converters import checks, compat
 from converters.case import Case
 from converters.plan import Drop, Op, Plan, Rename, Reshape, Split, Template, Transpose, meta_state, rename_key
 
-# family -> [(published case to start from, config overrides, side of the random image batch)]:
-# the family's layouts (a family with two, like data2vec-vision's pre-training and fine-tuned
-# ones, lists both). Small so a forward costs milliseconds, shaped so that same-shape keys exist
-# (several blocks per stage) and some matrices are square (a transposition coverage cannot see).
-# A family not listed runs on its smallest published case at its own image size.
-SMALL = {
-    "convnextv2": [("convnextv2_atto_1k_224", {"depths": [2, 1, 2, 1], "hidden_sizes": [8, 16, 32, 64], "num_labels": 64}, 64)],
-    "resnet": [("resnet18", {"depths": [2, 1, 1, 2], "hidden_sizes": [8, 8, 16, 16], "num_labels": 16}, 64),
-               ("resnet50", {"depths": [1, 2, 1, 1], "hidden_sizes": [16, 16, 32, 32], "num_labels": 32}, 64)],
-    # the 10B depths and parts at the reduced random-weights width (Case.random_config)
-    "regnet_seer": [("regnet_y_10b_seer", {}, 64), ("regnet_y_10b_seer_in1k", {"num_labels": 256}, 64)],
-    "data2vec_vision": [
-        (f"data2vec_vision_base{suffix}", {"hidden_size": 32, "num_attention_heads": 2, "num_hidden_layers": 2,
-                                           "intermediate_size": 48, "image_size": 64, "patch_size": 16, **labels}, 64)
-        for suffix, labels in (("", {}), ("_ft1k", {"num_labels": 32}))
-    ],
-}
 MIN_MUTANTS = 20
 PICKS = {"swap": 8, "transpose_square": 3, "transpose": 2, "zero_bias": 4, "drop_key": 4}
 
@@ -77,25 +60,10 @@ def _swap(plan: Plan, a: str, b: str, target_of: dict) -> Plan:
     return dataclasses.replace(plan, renames=(Rename(a, target_of[b]), Rename(b, target_of[a])) + plan.renames)
 
 
-# --------------------------------------------------------------------------- explicit mutants
-# The three "teeth" of issue 2 for ConvNeXt-V2, by name (keys of the SMALL configuration).
-TEETH = {
-    "convnextv2": lambda plan, target_of: [
-        Mutant("teeth: pwconv1 weights of blocks 0.0 and 0.1 swapped (same shape)",
-               _swap(plan, "stages.0.0.pwconv1.weight", "stages.0.1.pwconv1.weight", target_of)),
-        # transformers keeps GRN (1, 1, 1, C); reshaping to (C,) as timm's filter does is wrong here
-        Mutant("teeth: GRN gamma/beta reshaped to (C,)",
-               _with_ops(plan, Reshape("stages.{i}.{j}.grn.gamma", (-1,), (1, 1, 1, -1)),
-                         Reshape("stages.{i}.{j}.grn.beta", (-1,), (1, 1, 1, -1)))),
-        Mutant("teeth: bias dropped (stages.2.1.pwconv2.bias)", _with_ops(plan, Drop("stages.2.1.pwconv2.bias"))),
-    ],
-}
-
-
 # --------------------------------------------------------------------------- generated mutants
 
 
-def generate(case: Case, plan: Plan, original: dict, family: str) -> list[Mutant]:
+def generate(case: Case, plan: Plan, original: dict) -> list[Mutant]:
     rng = random.Random(case.id)  # the same mutants on every run
     staged = dict(original)
     for op in plan.ops:  # renames see the names the ops produce
@@ -104,7 +72,7 @@ def generate(case: Case, plan: Plan, original: dict, family: str) -> list[Mutant
     # learned float tensors; integer buffers (BatchNorm's num_batches_tracked, index tables) do not
     # take part in an eval forward, so swapping or zeroing them is not a conversion error
     learned = sorted(k for k in target_of if staged[k].dtype.is_floating_point and staged[k].numel() > 1)
-    mutants = list(TEETH.get(family, lambda *_: [])(plan, target_of))
+    mutants = []
 
     by_shape = {}
     for key in learned:
@@ -171,15 +139,17 @@ def run_checks(case: Case, plan: Plan, original: dict, target: dict, pixels: tor
     return results
 
 
-def small_cases(family: str) -> list[tuple[Case, int]]:
-    if family in SMALL:
+def small_cases(family) -> list[tuple[Case, int]]:
+    """The family's small configurations (`Family.mutants`), or its smallest published case at
+    its own image size."""
+    if family.mutants:
         cases = []
-        for case_id, overrides, side in SMALL[family]:
-            base = converters.get(case_id).for_random_weights()
-            cases.append((dataclasses.replace(base, config={**base.config, **overrides}), side))
+        for small in family.mutants:
+            base = converters.get(small.case_id).for_random_weights()
+            cases.append((dataclasses.replace(base, config={**base.config, **small.overrides}), small.image_size))
         return cases
     size = lambda c: sum(t.numel() for t in converters.original_layout(c.for_random_weights()).values())  # noqa: E731
-    smallest = min(converters.cases(family), key=size).for_random_weights()
+    smallest = min(family.cases, key=size).for_random_weights()
     return [(smallest, smallest.image_size)]
 
 
@@ -204,20 +174,21 @@ def test_every_mutant_of_the_plan_is_caught(family):
     cases = small_cases(family)
     if reason := compat.unsupported(cases[0][0]):
         pytest.skip(reason)
+    small = bool(family.mutants)
     with one_thread():
-        outcomes = [outcome for case, side in cases for outcome in mutation_outcomes(family, case, side)]
+        outcomes = [outcome for case, side in cases for outcome in mutation_outcomes(case, side, small)]
     survivors = [f"{name}: {detail}" for name, killed, detail in outcomes if not killed]
-    print(f"\nmutants {family}: killed {len(outcomes) - len(survivors)} of {len(outcomes)}")
-    assert len(outcomes) >= MIN_MUTANTS, f"{family}: only {len(outcomes)} mutants generated, want >= {MIN_MUTANTS}"
-    assert not survivors, f"{family}: {len(survivors)} of {len(outcomes)} mutants pass every check:\n" + "\n".join(survivors)
+    print(f"\nmutants {family.name}: killed {len(outcomes) - len(survivors)} of {len(outcomes)}")
+    assert len(outcomes) >= MIN_MUTANTS, f"{family.name}: only {len(outcomes)} mutants generated, want >= {MIN_MUTANTS}"
+    assert not survivors, f"{family.name}: {len(survivors)} of {len(outcomes)} mutants pass every check:\n" + "\n".join(survivors)
 
 
-def mutation_outcomes(family: str, case: Case, side: int) -> list[tuple[str, bool, str]]:
+def mutation_outcomes(case: Case, side: int, small: bool = True, extra: list[Mutant] = ()) -> list[tuple[str, bool, str]]:
     """(mutant name, killed, what caught it or the figures it passed with) for every mutant."""
-    plan = converters.plan(case)
+    plan = converters.plan_of(case)
     original = converters.synthetic_original(case)
     target = converters.target_layout(case)
-    batch = 2 if family in SMALL else 1  # a published-size forward (no small configuration) costs seconds
+    batch = 2 if small else 1  # a published-size forward (no small configuration) costs seconds
     pixels = torch.randn(batch, 3, side, side, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         reference = converters.oracle(case, original)(pixels)
@@ -227,10 +198,10 @@ def mutation_outcomes(family: str, case: Case, side: int) -> list[tuple[str, boo
         f"{case.id}: the unmutated plan must pass every check first: " + "; ".join(r.message for r in baseline.values() if not r.ok))
 
     outcomes = []
-    for mutant in generate(case, plan, original, family):
+    for mutant in [*extra, *generate(case, plan, original)]:
         # one failing check kills a mutant; a forward at published size costs seconds, so a family
         # without a small configuration stops at the first failing check
-        results = run_checks(case, mutant.plan, original, target, pixels, reference, stop_at_first_failure=family not in SMALL)
+        results = run_checks(case, mutant.plan, original, target, pixels, reference, stop_at_first_failure=not small)
         failed = [name for name, r in results.items() if not r.ok]
         figures = results["logits"].figures if "logits" in results else {}
         detail = (f"caught by {', '.join(failed)}" if failed else

@@ -14,7 +14,8 @@ import pytest
 import torch
 
 import converters
-from converters import CheckpointError, compat, regnet_seer, stream, trace
+from converters import CheckpointError, compat, stream, trace
+from converters.families import regnet_seer
 from converters.case import random_state
 from converters.plan import meta_state
 

@@ -1,9 +1,9 @@
 """Property tests of every family's conversion plan over generated model configurations.
 
 A plan that is right for the published configurations can still be wrong for another depth,
-width or head count. For each family a strategy below generates valid configurations (the
+width or head count. For each family a strategy generates valid configurations (the
 family's published cases with depths, widths, layers, heads, image size, classifier varied as the
-family allows); layouts are built on the meta device, so an example costs milliseconds:
+family allows; declared by the family); layouts are built on the meta device, so an example costs milliseconds:
 
 (a) the plan maps the original key set onto the transformers key set exactly, shapes equal;
 (b) backwards after forwards gives the original state dict bit for bit on random tensors (and
@@ -13,15 +13,13 @@ family allows); layouts are built on the meta device, so an example costs millis
     pair, over random shapes and on each family's own plan;
 (e) keys, shapes, dtypes and coverage from the meta application equal those of a real one.
 
-A family whose module does not exist yet is skipped with that reason; a family present without a
-strategy here is still tested on its published configurations, and `test_every_family_has_a_
-configuration_strategy` fails until one is declared.
+The families and their strategies come from the registry (`Family.configurations`, required):
+a new family is covered without an edit here.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 from collections import defaultdict
 
 import pytest
@@ -36,139 +34,38 @@ from converters.plan import Drop, Plan, Rename, Reshape, Split, Transpose
 from hypothesis_profiles import examples, given
 
 # --------------------------------------------------------------------------- configurations
-# Each strategy takes the published case it varies and `tiny`: False for meta-only properties
-# (any valid size), True where real random tensors are made (keep them a few kB to a few MB).
-# They return config overrides; every override they can generate must be valid for the target
-# library - a rejected configuration is a bug in the strategy, not something to filter.
-
-
-def _convnextv2(case, tiny):
-    # The original ConvNeXt-V2 always has four stages (stem + three downsampling layers) and a
-    # classifier head; depths, widths and the number of classes are free.
-    width = st.integers(8, 32) if tiny else st.integers(1, 768)
-    return st.fixed_dictionaries({
-        "depths": st.lists(st.integers(1, 3 if tiny else 12), min_size=4, max_size=4),
-        "hidden_sizes": st.lists(width, min_size=4, max_size=4),
-        "num_labels": st.integers(1, 16 if tiny else 2000),
-        "image_size": st.sampled_from([32, 64]) if tiny else st.integers(32, 1024),
-    })
-
-
-def _resnet(case, tiny):
-    # timm's ResNet with any depths and widths of its four stages, basic or bottleneck blocks
-    # (hidden sizes are the stage widths times the block's expansion); with a classifier or
-    # without (num_labels 0: timm num_classes=0, transformers an Identity). The stem stays 64
-    # wide: timm's default stem ignores stem_width (only its deep stems use it).
-    @st.composite
-    def config(draw):
-        layer_type = draw(st.sampled_from(["basic", "bottleneck"]))
-        expansion = 4 if layer_type == "bottleneck" else 1
-        widths = draw(st.lists(st.integers(2, 12) if tiny else st.integers(1, 256), min_size=4, max_size=4))
-        return {
-            "layer_type": layer_type,
-            "depths": draw(st.lists(st.integers(1, 3 if tiny else 6), min_size=4, max_size=4)),
-            "hidden_sizes": [w * expansion for w in widths],
-            "num_labels": draw(st.integers(0, 16 if tiny else 2000)),
-        }
-
-    return config()
-
-
-def _data2vec_vision(case, tiny):
-    # Any depth, heads x head size, MLP size, patch size and window (image = patch x window);
-    # the published case decides the layout (pre-training: no classifier; fine-tuned: classes).
-    @st.composite
-    def config(draw):
-        heads = draw(st.integers(1, 4 if tiny else 16))
-        patch = draw(st.sampled_from([2, 4, 8, 16] if tiny else [4, 8, 14, 16, 32]))
-        window = draw(st.integers(1, 4 if tiny else 16))
-        overrides = {
-            "num_attention_heads": heads,
-            "hidden_size": heads * draw(st.integers(1, 8) if tiny else st.integers(1, 64)),
-            "num_hidden_layers": draw(st.integers(1, 3 if tiny else 24)),
-            "intermediate_size": draw(st.integers(1, 64) if tiny else st.integers(1, 4096)),
-            "patch_size": patch,
-            "image_size": patch * window,
-        }
-        if case.params["finetuned"]:
-            overrides["num_labels"] = draw(st.integers(1, 16 if tiny else 2000))
-        return overrides
-
-    return config()
-
-
-def _regnet_seer(case, tiny):
-    # vissl's RegNet-Y trunk: four stages of any depth (deep enough to cross the part boundaries
-    # of the 10B config, which the family's layout keeps: [[2], [7], [9, 17], []]), widths a
-    # multiple of the group width (transformers and classy-vision both split a stage's width into
-    # width // group_width conv groups), any stem; the head (in1k) with any number of classes.
-    # Widths and stem of at least 4: the squeeze-excitation width round(in / 4) must not be 0.
-    @st.composite
-    def config(draw):
-        group = draw(st.sampled_from([1, 2, 4, 8] if tiny else [1, 2, 8, 16, 64, 1010]))
-        multiple = st.integers(max(1, -(-4 // group)), 4 if tiny else 16)
-        overrides = {
-            "depths": [draw(st.integers(1, high)) for high in ((3, 8, 18, 2) if tiny else (4, 12, 24, 4))],
-            "hidden_sizes": [group * draw(multiple) for _ in range(4)],
-            "groups_width": group,
-            "embedding_size": draw(st.integers(4, 16 if tiny else 64)),
-        }
-        if case.model_class == "RegNetForImageClassification":
-            overrides["num_labels"] = draw(st.integers(1, 16 if tiny else 2000))
-        return overrides
-
-    return config()
-
-
-def _vit_hybrid(case, tiny):
-    # The original layout is timm's fixed vit_base_r50_s16_384 (converters/vit_hybrid.py passes
-    # only num_classes to timm): the number of classes is all a configuration can vary.
-    return st.fixed_dictionaries({"num_labels": st.integers(1, 2000)})
-
-
-STRATEGIES = {
-    "convnextv2": _convnextv2,
-    "resnet": _resnet,
-    "regnet_seer": _regnet_seer,
-    "data2vec_vision": _data2vec_vision,
-    "vit_hybrid": _vit_hybrid,
-}
-# Families whose examples are dear: {tiny: (fast, thorough) examples} for the meta-only (False)
-# and the real-tensor (True) properties; the others run the profile's default.
-DEAR = {
-    # the layout ignores the configured sizes: 98M random parameters per real-tensor example
-    "vit_hybrid": {True: (1, 3)},
-    # the plan is traced on the meta device for each new combination of depths: ~1.5 s
-    "regnet_seer": {False: (5, 100), True: (5, 100)},
-}
+# Each family declares `configurations(case, tiny)`: a strategy of config overrides valid for the
+# case's layout, any valid size for meta-only properties (tiny=False), a few kB to a few MB where
+# real random tensors are made (tiny=True). Every override it can generate must be valid for the
+# target library: a rejected configuration is a bug in the strategy, not something to filter.
+# `Family.examples` sets fewer examples for families whose examples are dear.
 
 
 FAMILIES = family_params()
 
 
-def draw_case(data, family: str, tiny: bool):
+def draw_case(data, family, tiny: bool):
     """A published case of the family with a generated configuration."""
-    published = {c.id: c for c in converters.cases(family)}
+    published = {c.id: c for c in family.cases}
     base = published[data.draw(st.sampled_from(sorted(published)), label="published case")]
     if tiny:
         base = base.for_random_weights()  # reduced widths where the real size cannot be materialised
-    strategy = STRATEGIES.get(family)
-    overrides = data.draw(strategy(base, tiny), label="config overrides") if strategy else {}
+    overrides = data.draw(family.configurations(base, tiny), label="config overrides")
     return dataclasses.replace(base, config={**base.config, **overrides})
 
 
-def for_each_configuration(family: str, tiny: bool, prop):
+def for_each_configuration(family, tiny: bool, prop):
     """Run `prop(case, seed)` on generated configurations of the family (hypothesis; the profile
     sets the number of examples). Skips a family the installed transformers cannot build."""
-    if reason := compat.unsupported(converters.cases(family)[0]):
+    if reason := compat.unsupported(family.cases[0]):
         pytest.skip(reason)
 
     @given(data=st.data(), seed=st.integers(0, 2**32 - 1))
     def run(data, seed):
         prop(draw_case(data, family, tiny), seed)
 
-    if tiny in DEAR.get(family, {}):
-        run = examples(*DEAR[family][tiny])(run)
+    if tiny in family.examples:
+        run = examples(*family.examples[tiny])(run)
     run()
 
 
@@ -185,16 +82,11 @@ def _changed(expected: dict, actual: dict) -> list[str]:
     return sorted(k for k, v in expected.items() if k not in actual or actual[k].dtype != v.dtype or not torch.equal(actual[k], v))
 
 
-def test_every_family_has_a_configuration_strategy():
-    missing = [name for name in converters.families if importlib.util.find_spec(f"converters.{name}") is not None and name not in STRATEGIES]
-    assert not missing, f"families tested on published configurations only, declare a strategy in {__file__}: {missing}"
-
-
 # --------------------------------------------------------------------------- (a) key sets
 
 
 def maps_key_sets_exactly(case, seed):
-    plan = converters.plan(case)
+    plan = converters.plan_of(case)
     original, target = converters.original_layout(case), converters.target_layout(case)
 
     out, coverage = plan.forwards(original, target=target)
@@ -217,7 +109,7 @@ def test_plan_maps_original_key_set_onto_target_key_set(family):
 
 
 def round_trips_bit_for_bit(case, seed):
-    plan = converters.plan(case)
+    plan = converters.plan_of(case)
     original_meta, target_meta = converters.original_layout(case), converters.target_layout(case)
 
     original = random_state(original_meta, seed)
@@ -247,7 +139,7 @@ def test_round_trip_is_bit_exact_on_random_tensors(family):
 
 
 def maps_injectively(case, seed):
-    plan = converters.plan(case)
+    plan = converters.plan_of(case)
     original = converters.original_layout(case)
 
     _, coverage = plan.forwards(original)
@@ -382,14 +274,14 @@ def test_drop_with_restore_round_trips_through_a_plan(indices, size, seed):
     )
 
 
-def _plan_has_ops(family: str) -> str | None:
-    if not any(converters.plan(c).ops for c in converters.cases(family)):
-        return f"{family}: its plans have no tensor operations (renames only)"
+def _plan_has_ops(family) -> str | None:
+    if not any(converters.plan_of(c).ops for c in family.cases):
+        return f"{family.name}: its plans have no tensor operations (renames only)"
     return None
 
 
 def each_op_inverts_exactly(case, seed):
-    plan = converters.plan(case)
+    plan = converters.plan_of(case)
     state = random_state(converters.original_layout(case), seed)
     for op in plan.ops:  # each op sees the state the ops before it produced, as in Plan.forwards
         if isinstance(op, Drop):  # restored by the plan: round_trips_bit_for_bit checks it
@@ -398,8 +290,10 @@ def each_op_inverts_exactly(case, seed):
             state = _check_inverse_pair(op, state)
 
 
-@pytest.mark.parametrize("family", family_params(requires=_plan_has_ops))
+@pytest.mark.parametrize("family", FAMILIES)
 def test_each_plan_operation_is_an_exact_inverse_pair_on_the_family_layout(family):
+    if reason := _plan_has_ops(family):
+        pytest.skip(reason)
     for_each_configuration(family, tiny=True, prop=each_op_inverts_exactly)
 
 
@@ -407,7 +301,7 @@ def test_each_plan_operation_is_an_exact_inverse_pair_on_the_family_layout(famil
 
 
 def meta_equals_real(case, seed):
-    plan = converters.plan(case)
+    plan = converters.plan_of(case)
     meta, target = converters.original_layout(case), converters.target_layout(case)
     real = random_state(meta, seed)
 

@@ -13,7 +13,8 @@ import torch
 from safetensors.torch import save_file
 
 import converters
-from converters import resnet, trace
+from converters import trace
+from converters.families import resnet
 from converters.reference import timm_data_config
 from converters.plan import _PLACEHOLDER
 from fixtures.images import synthetic_images
@@ -26,7 +27,7 @@ pytestmark = pytest.mark.resnet
 @pytest.mark.parametrize("case_id", [c.id for c in resnet.CASES])
 def test_traced_plan_is_an_explicit_whole_key_map(case_id):
     case = converters.get(case_id)
-    plan = converters.plan(case)
+    plan = converters.plan_of(case)
     original = converters.original_layout(case)
     assert not plan.ops
     assert all(not r.source.endswith(".") and not _PLACEHOLDER.search(r.source) for r in plan.renames)
@@ -36,7 +37,7 @@ def test_traced_plan_is_an_explicit_whole_key_map(case_id):
 
 
 def test_traced_pairs_are_the_expected_modules():
-    mapping = {r.source: r.target for r in converters.plan(converters.get("resnet50")).renames}
+    mapping = {r.source: r.target for r in converters.plan_of(converters.get("resnet50")).renames}
     assert mapping["conv1.weight"] == "resnet.embedder.embedder.convolution.weight"
     assert mapping["bn1.num_batches_tracked"] == "resnet.embedder.embedder.normalization.num_batches_tracked"
     assert mapping["layer1.0.downsample.0.weight"] == "resnet.encoder.stages.0.layers.0.shortcut.convolution.weight"
@@ -120,7 +121,8 @@ def test_checkpoint_file_pth_and_safetensors(tmp_path):
 SEEDED_CACHE = r"""
 import json, sys, timm, torch, converters
 from fixtures.originals import resolve
-from converters import resnet, sources
+from converters import sources
+from converters.families import resnet
 case = converters.get("resnet18")
 original = resolve(case, "pretrained", {})
 model = timm.create_model(case.timm_tag, pretrained=True)  # timm's own loading, same cache

@@ -27,12 +27,11 @@ from urllib.parse import urlparse
 
 import torch
 
-from .case import Case
-from .plan import Drop, Plan, Rename, Split
-from .sources import Unavailable, reachable
-
-UNWRAP = ("model", "module")
-ALLOW = (argparse.Namespace,)  # the training arguments stored next to the weights
+from .. import vit
+from ..case import Case
+from ..family import Family, Small
+from ..plan import Drop, Plan, Rename
+from ..sources import Unavailable, reachable
 
 # size -> (hidden size, depth, heads, MLP size), from the original model definitions
 SIZES = {"base": (768, 12, 12, 3072), "large": (1024, 24, 16, 4096)}
@@ -121,18 +120,12 @@ def plan(case: Case) -> Plan:
         Rename("patch_embed.proj.", prefix + "embeddings.patch_embeddings.projection."),
         Rename("blocks.{i}.gamma_1", layer + "lambda_1"),
         Rename("blocks.{i}.gamma_2", layer + "lambda_2"),
-        Rename("blocks.{i}.norm1.", layer + "layernorm_before."),
-        Rename("blocks.{i}.norm2.", layer + "layernorm_after."),
-        Rename("blocks.{i}.attn.q.weight", layer + "attention.attention.query.weight"),
-        Rename("blocks.{i}.attn.k.weight", layer + "attention.attention.key.weight"),
-        Rename("blocks.{i}.attn.v.weight", layer + "attention.attention.value.weight"),
         Rename("blocks.{i}.attn.q_bias", layer + "attention.attention.query.bias"),  # no k bias
         Rename("blocks.{i}.attn.v_bias", layer + "attention.attention.value.bias"),
-        Rename("blocks.{i}.attn.proj.", layer + "attention.output.dense."),
-        Rename("blocks.{i}.mlp.fc1.", layer + "intermediate.dense."),
-        Rename("blocks.{i}.mlp.fc2.", layer + "output.dense."),
+        *vit.attention("blocks.{i}.", layer),
+        *vit.bert_block("blocks.{i}.", layer),
     ]
-    ops = [Split("blocks.{i}.attn.qkv.weight", ("blocks.{i}.attn.q.weight", "blocks.{i}.attn.k.weight", "blocks.{i}.attn.v.weight"))]
+    ops = list(vit.split_qkv(entries=("weight",)))  # the biases are q_bias and v_bias
     if finetuned:
         renames += [
             Rename("blocks.{i}.attn.relative_position_bias_table", layer + "attention.attention.relative_position_bias.relative_position_bias_table"),
@@ -200,7 +193,7 @@ def oracle(case: Case, original):
     timm has no pre-training heads, so `mask_token` and `lm_head` are left out."""
     from timm.models.beit import checkpoint_filter_fn
 
-    from .reference import timm_model
+    from ..reference import timm_model
 
     c, finetuned = case.config, case.params["finetuned"]
     arch = f"beit_{case.params['size']}_patch16_224"
@@ -249,3 +242,47 @@ def original_file(case: Case, download: bool) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.hub.download_url_to_file(case.url, str(path), progress=False)  # writes a temp file, then renames
     return path
+
+
+def configurations(case: Case, tiny: bool):
+    """Any depth, heads x head size, MLP size, patch size and window (image = patch x window);
+    the published case decides the layout (pre-training: no classifier; fine-tuned: classes)."""
+    from hypothesis import strategies as st
+
+    @st.composite
+    def config(draw):
+        heads = draw(st.integers(1, 4 if tiny else 16))
+        patch = draw(st.sampled_from([2, 4, 8, 16] if tiny else [4, 8, 14, 16, 32]))
+        window = draw(st.integers(1, 4 if tiny else 16))
+        overrides = {
+            "num_attention_heads": heads,
+            "hidden_size": heads * draw(st.integers(1, 8) if tiny else st.integers(1, 64)),
+            "num_hidden_layers": draw(st.integers(1, 3 if tiny else 24)),
+            "intermediate_size": draw(st.integers(1, 64) if tiny else st.integers(1, 4096)),
+            "patch_size": patch,
+            "image_size": patch * window,
+        }
+        if case.params["finetuned"]:
+            overrides["num_labels"] = draw(st.integers(1, 16 if tiny else 2000))
+        return overrides
+
+    return config()
+
+
+_SMALL = {"hidden_size": 32, "num_attention_heads": 2, "num_hidden_layers": 2, "intermediate_size": 48, "image_size": 64,
+          "patch_size": 16}
+
+FAMILY = Family(
+    name="data2vec_vision",
+    cases=CASES,
+    plan=plan,
+    original_layout=original_layout,
+    oracle=oracle,
+    configurations=configurations,
+    unwrap=("model", "module"),
+    allow=(argparse.Namespace,),  # the training arguments stored next to the weights
+    source_transform=source_transform,
+    original_file=original_file,
+    # both layouts: pre-training and fine-tuned
+    mutants=(Small("data2vec_vision_base", _SMALL), Small("data2vec_vision_base_ft1k", {**_SMALL, "num_labels": 32})),
+)

@@ -29,12 +29,11 @@ from dataclasses import replace
 import torch
 from torch import nn
 
-from . import compat
-from .case import IMAGENET_MEAN, IMAGENET_STD, Case
-from .plan import Drop, Plan, Rename
-from .trace import Order, as_plan, trace_map
-
-UNWRAP = ("classy_state_dict.base_model.model",)
+from .. import compat
+from ..case import IMAGENET_MEAN, IMAGENET_STD, Case
+from ..family import Family, Small
+from ..plan import Drop, Plan, Rename
+from ..trace import Order, as_plan, trace_map
 
 # vissl's 10B trunk: RegNet generator depth 27, w_0 1744, w_a 620.83, w_m 2.52, group width 1010,
 # which gives these stages (tests/test_regnet_seer.py checks it with classy-vision and timm).
@@ -278,3 +277,44 @@ def timm_oracle(case: Case, original):
     model.load_state_dict(_filter_fn(_nested(stripped)), strict=True, assign=True)
     model.eval()
     return model if _classifies(case) else model.forward_features
+
+
+def configurations(case: Case, tiny: bool):
+    """vissl's RegNet-Y trunk: four stages of any depth (deep enough to cross the part boundaries
+    of the 10B config, which the layout keeps: [[2], [7], [9, 17], []]), widths a multiple of
+    the group width (transformers and classy-vision both split a stage's width into
+    width // group_width conv groups), any stem; the head (in1k) with any number of classes.
+    Widths and stem of at least 4: the squeeze-excitation width round(in / 4) must not be 0."""
+    from hypothesis import strategies as st
+
+    @st.composite
+    def config(draw):
+        group = draw(st.sampled_from([1, 2, 4, 8] if tiny else [1, 2, 8, 16, 64, 1010]))
+        multiple = st.integers(max(1, -(-4 // group)), 4 if tiny else 16)
+        overrides = {
+            "depths": [draw(st.integers(1, high)) for high in ((3, 8, 18, 2) if tiny else (4, 12, 24, 4))],
+            "hidden_sizes": [group * draw(multiple) for _ in range(4)],
+            "groups_width": group,
+            "embedding_size": draw(st.integers(4, 16 if tiny else 64)),
+        }
+        if _classifies(case):
+            overrides["num_labels"] = draw(st.integers(1, 16 if tiny else 2000))
+        return overrides
+
+    return config()
+
+
+FAMILY = Family(
+    name="regnet_seer",
+    cases=CASES,
+    plan=plan,
+    original_layout=original_layout,
+    oracle=oracle,
+    configurations=configurations,
+    unwrap=("classy_state_dict.base_model.model",),
+    # the 10B depths and parts at the reduced random-weights width (Case.random_config)
+    mutants=(Small("regnet_y_10b_seer"), Small("regnet_y_10b_seer_in1k", {"num_labels": 256})),
+    # the plan is traced on the meta device for each new combination of depths: ~1.5 s an example
+    examples={False: (5, 100), True: (5, 100)},
+    nightly_large_disk=True,  # two original files of ~40 GB
+)

@@ -13,9 +13,11 @@ from pathlib import Path
 
 import torch
 
-from .case import Case
-from .plan import Plan, Rename, Split, meta_state
-from .sources import Unavailable, reachable
+from .. import vit
+from ..case import Case
+from ..family import TRANSFORMERS_LINES, Family
+from ..plan import Plan, Rename, meta_state
+from ..sources import Unavailable, reachable
 
 TIMM_TAG = "vit_base_r50_s16_384.orig_in21k_ft_in1k"
 HUB_ID = f"timm/{TIMM_TAG}"  # where timm's pretrained weights live
@@ -65,12 +67,11 @@ CASES = (
 
 _BACKBONE = "vit.embeddings.patch_embeddings.backbone.bit."
 
+_LAYER = "vit.encoder.layer.{i}."
+
 _PLAN = Plan(
-    ops=(
-        # timm fuses q, k, v into one projection: (3C, C) weight and (3C,) bias, in that order.
-        Split("blocks.{i}.attn.qkv.weight", ("blocks.{i}.attn.q.weight", "blocks.{i}.attn.k.weight", "blocks.{i}.attn.v.weight")),
-        Split("blocks.{i}.attn.qkv.bias", ("blocks.{i}.attn.q.bias", "blocks.{i}.attn.k.bias", "blocks.{i}.attn.v.bias")),
-    ),
+    # timm fuses q, k, v into one projection: (3C, C) weight and (3C,) bias, in that order.
+    ops=vit.split_qkv(),
     renames=(
         Rename("cls_token", "vit.embeddings.cls_token"),
         Rename("pos_embed", "vit.embeddings.position_embeddings"),
@@ -79,14 +80,8 @@ _PLAN = Plan(
         Rename("patch_embed.backbone.stem.norm.", _BACKBONE + "embedder.norm."),
         # bottleneck blocks: conv1..3, norm1..3 and the first block's downsample keep their names
         Rename("patch_embed.backbone.stages.{s}.blocks.{b}.", _BACKBONE + "encoder.stages.{s}.layers.{b}."),
-        Rename("blocks.{i}.attn.q.", "vit.encoder.layer.{i}.attention.attention.query."),
-        Rename("blocks.{i}.attn.k.", "vit.encoder.layer.{i}.attention.attention.key."),
-        Rename("blocks.{i}.attn.v.", "vit.encoder.layer.{i}.attention.attention.value."),
-        Rename("blocks.{i}.attn.proj.", "vit.encoder.layer.{i}.attention.output.dense."),
-        Rename("blocks.{i}.norm1.", "vit.encoder.layer.{i}.layernorm_before."),
-        Rename("blocks.{i}.norm2.", "vit.encoder.layer.{i}.layernorm_after."),
-        Rename("blocks.{i}.mlp.fc1.", "vit.encoder.layer.{i}.intermediate.dense."),
-        Rename("blocks.{i}.mlp.fc2.", "vit.encoder.layer.{i}.output.dense."),
+        *vit.attention("blocks.{i}.", _LAYER),
+        *vit.bert_block("blocks.{i}.", _LAYER),
         Rename("norm.", "vit.layernorm."),
         Rename("head.", "classifier."),
     ),
@@ -112,7 +107,7 @@ def original_layout(case: Case) -> dict[str, torch.Tensor]:
 
 def oracle(case: Case, original):
     """timm's model holding the original state dict (timm's own layout: no filter needed)."""
-    from .reference import timm_model
+    from ..reference import timm_model
 
     return timm_model(case.params["arch"], original, None, **_timm_kwargs(case))
 
@@ -130,3 +125,26 @@ def original_file(case: Case, download: bool) -> Path:
         raise Unavailable(f"{case.id}: {HUB_ID}/{HUB_FILE} is not in the Hub cache and the Hub is not reachable; "
                           f"pass --checkpoint {case.id}=PATH (timm's state dict, .safetensors or .pth)")
     return Path(hf_hub_download(HUB_ID, HUB_FILE))
+
+
+def configurations(case: Case, tiny: bool):
+    """The original layout is timm's fixed vit_base_r50_s16_384 (only num_classes is passed to
+    timm): the number of classes is all a configuration can vary."""
+    from hypothesis import strategies as st
+
+    return st.fixed_dictionaries({"num_labels": st.integers(1, 2000)})
+
+
+FAMILY = Family(
+    name="vit_hybrid",
+    cases=CASES,
+    plan=plan,
+    original_layout=original_layout,
+    oracle=oracle,
+    configurations=configurations,
+    original_file=original_file,
+    # the layout ignores the configured sizes: 98M random parameters per real-tensor example
+    examples={True: (1, 3)},
+    # ViTHybrid left transformers in 5.0: on 5.x its cases only skip
+    transformers_lines=tuple(line for line in TRANSFORMERS_LINES if line.startswith("==4")),
+)

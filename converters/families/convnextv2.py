@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import torch
 
-from .case import IMAGENET_MEAN, IMAGENET_STD, Case
-from .plan import Plan, Rename
-
-UNWRAP = ("model",)
+from ..case import IMAGENET_MEAN, IMAGENET_STD, Case
+from ..family import Family, Small
+from ..plan import Plan, Rename
 
 # size -> (depths, widths), from the original model definitions
 SIZES = {
@@ -115,9 +114,39 @@ def oracle(case: Case, original):
     """timm's ConvNeXt-V2 loaded through timm's own filter for facebookresearch checkpoints."""
     from timm.models.convnext import checkpoint_filter_fn
 
-    from .reference import timm_model
+    from ..reference import timm_model
 
     # The named size's timm variant (atto..nano use timm's 1x1-conv MLP), with depths and widths
     # passed explicitly so any configuration works, not only the published ones.
     c = case.config
     return timm_model(f"convnextv2_{case.params['size']}", original, checkpoint_filter_fn, depths=c["depths"], dims=c["hidden_sizes"], num_classes=c["num_labels"])
+
+
+def configurations(case: Case, tiny: bool):
+    """The original ConvNeXt-V2 always has four stages (stem + three downsampling layers) and a
+    classifier head; depths, widths and the number of classes are free."""
+    from hypothesis import strategies as st
+
+    width = st.integers(8, 32) if tiny else st.integers(1, 768)
+    return st.fixed_dictionaries({
+        "depths": st.lists(st.integers(1, 3 if tiny else 12), min_size=4, max_size=4),
+        "hidden_sizes": st.lists(width, min_size=4, max_size=4),
+        "num_labels": st.integers(1, 16 if tiny else 2000),
+        "image_size": st.sampled_from([32, 64]) if tiny else st.integers(32, 1024),
+    })
+
+
+FAMILY = Family(
+    name="convnextv2",
+    cases=CASES,
+    plan=plan,
+    original_layout=original_layout,
+    oracle=oracle,
+    configurations=configurations,
+    # Policy: the weights are taken from "model"; another entry (a training `model_ema`) is
+    # ignored and named in the report. timm's filter reads the same entry.
+    unwrap=("model",),
+    # several blocks per stage (same-shape keys to swap), square matrices (a transposition
+    # coverage cannot see)
+    mutants=(Small("convnextv2_atto_1k_224", {"depths": [2, 1, 2, 1], "hidden_sizes": [8, 16, 32, 64], "num_labels": 64}),),
+)

@@ -16,11 +16,12 @@ from pathlib import Path
 
 import torch
 
-from . import compat
-from .case import IMAGENET_MEAN, IMAGENET_STD, Case
-from .plan import Plan, meta_state
-from .sources import Unavailable, cache_path, reachable
-from .trace import as_plan, trace_map
+from .. import compat
+from ..case import IMAGENET_MEAN, IMAGENET_STD, Case
+from ..family import Family, Small
+from ..plan import Plan, meta_state
+from ..sources import Unavailable, cache_path, reachable
+from ..trace import as_plan, trace_map
 
 # timm architecture -> (depths, block), from timm's model definitions (timm.models.resnet)
 ARCHS = {
@@ -123,7 +124,7 @@ def plan(case: Case) -> Plan:
 
 def oracle(case: Case, original):
     """timm's ResNet holding the original state dict (strict load: the original is timm's layout)."""
-    from .reference import timm_model
+    from ..reference import timm_model
 
     return timm_model(_arch(case), original, None, **_timm_kwargs(case))
 
@@ -156,3 +157,37 @@ def original_file(case: Case, download: bool) -> Path:
         f"not reachable; run timm.create_model({case.timm_tag!r}, pretrained=True) once online, "
         f"or pass --checkpoint {case.id}=PATH"
     )
+
+
+def configurations(case: Case, tiny: bool):
+    """timm's ResNet with any depths and widths of its four stages, basic or bottleneck blocks
+    (hidden sizes are the stage widths times the block's expansion); with a classifier or
+    without (num_labels 0: timm num_classes=0, transformers an Identity). The stem stays 64
+    wide: timm's default stem ignores stem_width (only its deep stems use it)."""
+    from hypothesis import strategies as st
+
+    @st.composite
+    def config(draw):
+        layer_type = draw(st.sampled_from(["basic", "bottleneck"]))
+        widths = draw(st.lists(st.integers(2, 12) if tiny else st.integers(1, 256), min_size=4, max_size=4))
+        return {
+            "layer_type": layer_type,
+            "depths": draw(st.lists(st.integers(1, 3 if tiny else 6), min_size=4, max_size=4)),
+            "hidden_sizes": [w * EXPANSION[layer_type] for w in widths],
+            "num_labels": draw(st.integers(0, 16 if tiny else 2000)),
+        }
+
+    return config()
+
+
+FAMILY = Family(
+    name="resnet",
+    cases=CASES,
+    plan=plan,
+    original_layout=original_layout,
+    oracle=oracle,
+    configurations=configurations,
+    original_file=original_file,
+    mutants=(Small("resnet18", {"depths": [2, 1, 1, 2], "hidden_sizes": [8, 8, 16, 16], "num_labels": 16}),
+             Small("resnet50", {"depths": [1, 2, 1, 1], "hidden_sizes": [16, 16, 32, 32], "num_labels": 32})),
+)

@@ -1,0 +1,94 @@
+"""The conversion core: what every family gets from its declared `Family`, once.
+
+Library modules import from here (never from the package facade `converters/__init__.py`).
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+
+from . import compat
+from .case import Case, random_state
+from .checkpoint import load
+from .plan import Plan, meta_state
+from .registry import family_of
+
+
+def build_config(case: Case):
+    kwargs = dict(case.config)
+    if kwargs.get("num_labels") == 1000 and "id2label" not in kwargs:
+        from timm.data import ImageNetInfo  # ImageNet-1k names ship with timm: no download
+
+        info = ImageNetInfo()
+        kwargs["id2label"] = {i: info.index_to_description(i) for i in range(1000)}
+        kwargs["label2id"] = {v: k for k, v in kwargs["id2label"].items()}
+    return compat.get_class(case.config_class)(**kwargs)
+
+
+def target_layout(case: Case) -> dict[str, torch.Tensor]:
+    """Keys and shapes of the running transformers model, on the meta device (no memory)."""
+    return meta_state(compat.build_model(case.model_class, build_config(case), device="meta").state_dict())
+
+
+def original_layout(case: Case) -> dict[str, torch.Tensor]:
+    """Keys and shapes of the original checkpoint, on the meta device."""
+    return family_of(case).original_layout(case)
+
+
+def synthetic_original(case: Case) -> dict[str, torch.Tensor]:
+    """A checkpoint in the exact original layout, every tensor random, seeded by case id."""
+    return random_state(original_layout(case), case.seed)
+
+
+def plan_of(case: Case) -> Plan:
+    return family_of(case).plan(case)
+
+
+def convert(case: Case, original: Mapping[str, torch.Tensor]):
+    """Original state dict -> (transformers state dict, coverage report against the target)."""
+    return plan_of(case).forwards(original, target=target_layout(case))
+
+
+def revert(case: Case, converted: Mapping[str, torch.Tensor]):
+    """Transformers state dict -> (original state dict, coverage report against the original layout)."""
+    return plan_of(case).backwards(converted, target=original_layout(case))
+
+
+def build_model(case: Case, state: Mapping[str, torch.Tensor]):
+    """The transformers model holding `state` (strict: every key, every shape). The tensors are
+    assigned, not copied: a 2.6 GB model costs no second 2.6 GB."""
+    model = compat.build_model(case.model_class, build_config(case))
+    model.load_state_dict(state, strict=True, assign=True)
+    return model.eval()
+
+
+def load_original(case: Case, path, mmap: bool = False, part: str | None = None):
+    """Safe load of an original file (weights_only + the family's allow-list), unwrapped. `part`
+    names one of `case.extra_files` (its keys come back under `<part>.`)."""
+    family = family_of(case)
+    loaded = load(path, case.id, unwrap=family.unwrap, allow=family.allow, mmap=mmap)
+    if part is not None:
+        loaded.state = {f"{part}.{k}": v for k, v in loaded.state.items()}
+    return loaded
+
+
+def image_processor(case: Case):
+    """The transformers image processor (PIL backend) that reproduces the original evaluation."""
+    return compat.image_processor_class(case.processor_class)(**case.processor)
+
+
+def source_transform(case: Case):
+    """The original evaluation preprocessing (PIL image -> tensor); timm's own by default."""
+    family = family_of(case)
+    if family.source_transform is not None:
+        return family.source_transform(case)
+    from .reference import timm_transform
+
+    return timm_transform(case.timm_tag)
+
+
+def oracle(case: Case, original: Mapping[str, torch.Tensor]):
+    """An implementation we did not write, loaded with the original checkpoint: pixels -> output."""
+    return family_of(case).oracle(case, original)

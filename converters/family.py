@@ -1,0 +1,72 @@
+"""The one object a conversion family declares: everything the core, the harness and the generic
+tests need to convert, check and vary its cases.
+
+A family is one module in `converters/families/` (or in a package named by $VISION_PORT_FAMILIES)
+that defines `FAMILY = Family(...)`; its `name` is the module's name. Required members are the
+conversion itself (cases, plan, original layout, oracle) and, for the property tests, a strategy
+of valid configurations; every other member has a default, documented beside it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Mapping
+
+from .case import Case
+
+if TYPE_CHECKING:  # the registry lists families without importing torch
+    from .plan import Plan
+
+# the two transformers lines of the version matrix (tox.ini, the nightly workflow)
+TRANSFORMERS_LINES = ("==4.57.6", ">=5,<6")
+
+
+@dataclass(frozen=True)
+class Small:
+    """A small configuration of one layout, for mutation tests: a forward costs milliseconds.
+    `case_id` names the published case it starts from (its random-weights stand-in), `overrides`
+    change its config, `image_size` is the side of the random image batch."""
+
+    case_id: str
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+    image_size: int = 64
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)  # identity: one object per family
+class Family:
+    name: str  # the module's name, and the pytest mark of its cases and its test module
+    cases: tuple[Case, ...]
+    # Case -> the declarative, reversible conversion (original keys -> transformers keys)
+    plan: Callable[[Case], "Plan"]
+    # Case -> the original checkpoint's keys and shapes on the meta device (real tensors for
+    # buffers the original computes, such as index tables)
+    original_layout: Callable[[Case], dict]
+    # (Case, original state) -> pixels -> output: an implementation we did not write
+    oracle: Callable[[Case, Mapping], Callable]
+    # (Case, tiny) -> a hypothesis strategy of config overrides valid for the case's layout;
+    # tiny=True where real tensors are made (keep them small). Import hypothesis inside it.
+    configurations: Callable[[Case, bool], Any]
+
+    # Entries of the checkpoint file that hold the weights, tried in order (dotted paths allowed)
+    unwrap: tuple[str, ...] = ()
+    # Classes `torch.load(weights_only=True)` may construct for this family's files
+    allow: tuple[type, ...] = ()
+    # Case -> the original evaluation preprocessing (PIL image -> tensor).
+    # Default: timm's evaluation transform of `case.timm_tag`.
+    source_transform: Callable[[Case], Callable] | None = None
+    # (Case, download) -> the real original file. Default: `case.url` through torch.hub's cache
+    # (`converters.sources.original_file`). Cases with `extra_files` resolve those by URL too.
+    original_file: Callable[[Case, bool], Path] | None = None
+    # Small configurations for mutants. Default: the smallest published case at its own size.
+    mutants: tuple[Small, ...] = ()
+    # Property-test examples for dear families: {tiny: (fast, thorough)}. Default: the profile's.
+    examples: Mapping[bool, tuple[int, int]] = field(default_factory=dict)
+    # The transformers lines (TRANSFORMERS_LINES) the nightly runs this family on.
+    transformers_lines: tuple[str, ...] = TRANSFORMERS_LINES
+    # The nightly needs a runner with large disk for the original files (RegNet SEER: two of
+    # ~40 GB); the workflow then runs it on the runner named by its LARGE_DISK_RUNNER variable.
+    nightly_large_disk: bool = False
+
+    def case_ids(self) -> list[str]:
+        return [c.id for c in self.cases]
