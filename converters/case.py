@@ -47,6 +47,9 @@ class Case:
     # backbone file plus a head file. A part's keys enter the original state under `<part>.`;
     # `--checkpoint CASE:PART=PATH` gives a local file for a part.
     extra_files: Mapping[str, str] = field(default_factory=dict)
+    # Where this case's weights differ from its family's provenance (`Family.provenance`): fields of
+    # `converters.family.Provenance` and their values, e.g. the 22k cases' training data.
+    provenance: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def seed(self) -> int:

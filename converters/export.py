@@ -102,31 +102,90 @@ def discard(staging: Path) -> None:
     shutil.rmtree(staging, ignore_errors=True)
 
 
+# Which validation figures are `model-index` results: the Hub's schema is (task, dataset, metric, value), so a
+# figure fits when it is one number measured on named inputs: max abs diffs of passed checks (pixels vs the
+# original preprocessing, outputs vs the oracle, the recorded logits, the round trip, the reload) and the
+# oracle comparison's cosine similarity and top-5 agreement. They do not fit as benchmark scores (no
+# accuracy on a test split), so `dataset_type` names the synthetic images, and results are `verified: false`.
+# Not results: key coverage (a list of problems, not a number), statuses and skip reasons (text), the
+# tolerances (thresholds, not measurements), times and memory (of this machine, not of the model).
+REFERENCE = {"pixel_values": "the original preprocessing", "logits": "the oracle", "expected_logits": "the recorded logits",
+             "round_trip": "the original state dict", "save_reload": "the model as converted"}
+COCO = ("coco", "COCO val2017 image 000000039769")  # the expected_logits check's image
+
+
+def _eval_results(case, validation: dict, task: str) -> list:
+    from huggingface_hub import EvalResult
+
+    synthetic = ("synthetic", "synthetic images " + ", ".join(validation["images"]))
+    results = []
+    for name, check in validation["checks"].items():
+        if check["status"] != "passed" or name not in REFERENCE:
+            continue
+        dataset_type, dataset_name = COCO if name == "expected_logits" else synthetic
+        for metric in ("max_abs_diff", "cosine_similarity", "top5_agreement"):
+            if check.get(metric) is not None:
+                results.append(EvalResult(
+                    task_type=task, dataset_type=dataset_type, dataset_name=dataset_name, metric_type=metric,
+                    metric_name=f"{name}: {metric.replace('_', ' ')} vs {REFERENCE[name]}", metric_value=check[metric],
+                    verified=False))
+    return results
+
+
 def model_card(case, validation: dict):
-    """A huggingface_hub ModelCard with the source, the validation table, versions and weights mode."""
+    """The model card: huggingface_hub ModelCardData (licence, datasets, tags, task, the validation
+    figures as model-index results) and a text saying where the weights come from, on what terms,
+    how to load them, how they were validated and what to cite."""
     from huggingface_hub import ModelCard, ModelCardData
 
-    random = validation["original"]["weights"] != "pretrained"
-    data = ModelCardData(library_name="transformers", tags=["vision", "image-classification", case.family],
-                         pipeline_tag="image-classification" if validation["output"] == "logits" else "image-feature-extraction")
+    from .registry import family_of
+
+    family = family_of(case)
+    provenance = family.provenance_of(case)
+    original = validation["original"]
+    random = original["weights"] != "pretrained"
+    task = "image-classification" if validation["output"] == "logits" else "image-feature-extraction"
+    licence = dict(license="unknown")
+    if provenance is not None:
+        licence = dict(license=provenance.licence, license_name=provenance.licence_name, license_link=provenance.licence_link)
+    data = ModelCardData(
+        **licence, library_name="transformers", pipeline_tag=task, tags=["vision", task, case.family],
+        datasets=list(provenance.datasets) if provenance and provenance.datasets else None,
+        base_model=provenance.base_model if provenance else None,
+        model_name=case.hub_name, eval_results=_eval_results(case, validation, task) or None,
+    )
+    warning = ("\n> **Random weights.** This folder was converted from a synthetic checkpoint with random "
+               "tensors to test the conversion; it is not a usable model.\n") if random else ""
+    divergences = "".join(f"\n> **Differs from the original evaluation ({what}).** {text}\n" for what, text in (
+        ("preprocessing", case.pixel_divergence), ("outputs", case.output_divergence)) if text)
     rows = "\n".join(
         f"| {name} | {c['status']} | {_fmt(c.get('max_abs_diff'))} | {_fmt(c.get('atol'))} | {c.get('reason') or ''} |"
         for name, c in validation["checks"].items()
     )
-    warning = ("\n> **Random weights.** This folder was converted from a synthetic checkpoint with random "
-               "tensors to test the conversion; it is not a usable model.\n") if random else ""
     body = f"""---
 {data.to_yaml()}
 ---
 
 # {case.hub_name}
 {warning}
-Converted from the original checkpoint `{validation['original']['source']}` ({case.family}) to
+{_terms(provenance)}Converted from the original checkpoint `{_shown(original['source'])}` ({case.family}) to
 `{case.model_class}` and validated by the conversion harness.
+{divergences}
+## Original weights
+
+{_weights(case, provenance, original)}
+
+## Licence
+
+{_licence(provenance)}
+
+## Usage
+
+{_usage(case, family, task)}
 
 ## Validation
 
-Weights: **{validation['original']['weights']}**. Images: {', '.join(validation['images'])}.
+Weights: **{original['weights']}**. Images: {', '.join(validation['images'])}.
 
 | check | status | max abs diff | tolerance | note |
 |---|---|---|---|---|
@@ -135,8 +194,76 @@ Weights: **{validation['original']['weights']}**. Images: {', '.join(validation[
 ## Versions
 
 {', '.join(f'{k} {v}' for k, v in validation['versions'].items())}
+
+## Citation
+
+{_citation(provenance)}
 """
     return ModelCard(body)
+
+
+def _terms(provenance) -> str:
+    """The card's first words: the terms, so that a non-commercial licence is read before anything else."""
+    if provenance is None:
+        return "**Licence not declared**: this family declares no provenance, so the terms of its weights are unknown here. "
+    terms = "**Non-commercial use only.** " if provenance.non_commercial else ""
+    return f"{terms}{provenance.licence_statement} "
+
+
+def _shown(source: str) -> str:
+    """A URL or "synthetic (seed N)" as it is; a local file by its name (its path says nothing on the Hub)."""
+    return os.path.basename(source) if os.path.isabs(source) else source
+
+
+def _weights(case, provenance, original: dict) -> str:
+    published = {None: case.url or (f"https://huggingface.co/{provenance.base_model}" if provenance and provenance.base_model else None),
+                 **case.extra_files}
+    if not original.get("files"):  # synthetic: no file was read
+        where = ", ".join(f"`{url}`" for url in published.values() if url) or "its original source"
+        return f"{original['source']}: random tensors in the original layout. The published weights are at {where}."
+    lines = ["| file | published at | sha256 |", "|---|---|---|"]
+    for f in original["files"]:  # the file name only: a local path says nothing to a reader of the Hub
+        url = f["source"] if str(f["source"]).startswith(("http://", "https://")) else published.get(f["part"])
+        lines.append(f"| {os.path.basename(f['path'])} | {f'`{url}`' if url else '-'} | `{f['sha256']}` |")
+    return "\n".join(lines)
+
+
+def _licence(provenance) -> str:
+    if provenance is None:
+        return "Not declared (`Family.provenance` is not set): this conversion is not pushed to the Hub."
+    name = f" (`{provenance.licence_name}`, {provenance.licence_link})" if provenance.licence == "other" else ""
+    return (f"`{provenance.licence}`{name}. {provenance.licence_statement} Source: {provenance.licence_source}, "
+            f"in {provenance.repository}. The conversion does not change the terms of the original weights.")
+
+
+def _usage(case, family, task: str) -> str:
+    auto = "AutoModelForImageClassification" if task == "image-classification" else "AutoModel"
+    if any(line.startswith(">=5") for line in family.transformers_lines):
+        pil = ("# The PIL image processor, as validated: transformers 5.x loads a torchvision-based one by default,\n"
+               "# up to 1 grey level off; on 4.x pass use_fast=False instead of backend=\"pil\".\n"
+               "processor = AutoImageProcessor.from_pretrained(repo, backend=\"pil\")")
+    else:
+        pil = (f"# {case.model_class} is in transformers {', '.join(family.transformers_lines)} only (not 5.x);\n"
+               "# use_fast=False loads the PIL image processor, as validated.\n"
+               "processor = AutoImageProcessor.from_pretrained(repo, use_fast=False)")
+    return f"""```python
+from PIL import Image
+from transformers import AutoImageProcessor, {auto}
+
+repo = "ORG/{case.hub_name}"  # this repository's id on the Hub, or the path of this folder
+{pil}
+model = {auto}.from_pretrained(repo)
+outputs = model(**processor(images=Image.open("image.jpg").convert("RGB"), return_tensors="pt"))
+print(outputs.{case.output}.shape)
+```"""
+
+
+def _citation(provenance) -> str:
+    if provenance is None:
+        return "Not declared."
+    lines = [f"- {title}, [arXiv:{arxiv}](https://arxiv.org/abs/{arxiv})" for arxiv, title in provenance.papers.items()]
+    data = [*provenance.datasets, *provenance.unlisted_data]
+    return "\n".join(lines) + f"\n\nOriginal repository: {provenance.repository}. Training data: {'; '.join(data)}."
 
 
 def _fmt(value) -> str:

@@ -9,7 +9,7 @@ of valid configurations; every other member has a default, documented beside it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
@@ -31,6 +31,40 @@ class Small:
     case_id: str
     overrides: Mapping[str, Any] = field(default_factory=dict)
     image_size: int = 64
+
+
+@dataclass(frozen=True, kw_only=True)
+class Provenance:
+    """Where a family's weights come from and on what terms, as the original repository states
+    them: the model card's licence, citation and training data are built from it. Every field but
+    the optional ones must be set (the registry says which is not); a case that differs overrides
+    fields through `Case.provenance`."""
+
+    licence: str = ""  # a Hub licence id (converters.licences.HUB_LICENCES); "other" for custom terms
+    licence_statement: str = ""  # the weights' terms in one sentence, for the card
+    licence_source: str = ""  # where the original states them: repository and file (section)
+    repository: str = ""  # the original repository's URL
+    papers: Mapping[str, str] = field(default_factory=dict)  # arXiv id -> title (the Hub links arXiv ids)
+    datasets: tuple[str, ...] = ()  # training data as Hub dataset ids, in training order (card metadata)
+    unlisted_data: tuple[str, ...] = ()  # training data the Hub holds no dataset of, by name
+    licence_name: str | None = None  # licence "other": an id for the terms (required then)
+    licence_link: str | None = None  # licence "other": the URL of their text (required then)
+    non_commercial: bool = False  # the terms forbid commercial use: the card says so first
+    base_model: str | None = None  # the Hub repo the original weights are published in, if any
+
+    REQUIRED = ("licence", "licence_statement", "licence_source", "repository", "papers")
+
+    def missing(self) -> list[str]:
+        """The fields that must be set and are not."""
+        missing = [name for name in self.REQUIRED if not getattr(self, name)]
+        if not (self.datasets or self.unlisted_data):
+            missing.append("datasets (or unlisted_data)")
+        if self.licence == "other":
+            missing += [name for name in ("licence_name", "licence_link") if not getattr(self, name)]
+        return missing
+
+
+PROVENANCE_FIELDS = frozenset(f.name for f in fields(Provenance))
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)  # identity: one object per family
@@ -67,6 +101,15 @@ class Family:
     # The nightly needs a runner with large disk for the original files (RegNet SEER: two of
     # ~40 GB); the workflow then runs it on the runner named by its LARGE_DISK_RUNNER variable.
     nightly_large_disk: bool = False
+    # Licence, papers, repository and training data of the original weights (the model card's).
+    # None: not declared; such a family converts and saves (its card says so) but is never pushed.
+    provenance: Provenance | None = None
 
     def case_ids(self) -> list[str]:
         return [c.id for c in self.cases]
+
+    def provenance_of(self, case: Case) -> Provenance | None:
+        """The family's provenance with the case's overrides (`Case.provenance`) applied."""
+        if self.provenance is None:
+            return None
+        return replace(self.provenance, **case.provenance)

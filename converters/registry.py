@@ -18,7 +18,8 @@ import pkgutil
 from functools import lru_cache
 
 from .case import Case
-from .family import TRANSFORMERS_LINES, Family
+from .family import PROVENANCE_FIELDS, TRANSFORMERS_LINES, Family
+from .licences import HUB_LICENCES, SOURCE as LICENCES_SOURCE
 
 BUILTIN = "converters.families"
 EXTRA_ENV = "VISION_PORT_FAMILIES"
@@ -65,7 +66,38 @@ def _load(package: str, name: str) -> Family:
     unknown = [line for line in family.transformers_lines if line not in TRANSFORMERS_LINES]
     if unknown:
         raise FamilyError(f"family module {where}: FAMILY.transformers_lines {unknown} not in {list(TRANSFORMERS_LINES)}")
+    _check_provenance(where, family)
     return family
+
+
+def _check_provenance(where: str, family: Family) -> None:
+    """A declared provenance is complete and its licence a Hub id, for the family and every case;
+    an undeclared one (None) is allowed here and refused by --push."""
+    for case in family.cases:
+        unknown = sorted(set(case.provenance) - PROVENANCE_FIELDS)
+        if unknown:
+            raise FamilyError(f"family {family.name!r} ({where}): case {case.id!r} overrides unknown provenance "
+                              f"field(s) {unknown}; fields: {sorted(PROVENANCE_FIELDS)}")
+        if case.provenance and family.provenance is None:
+            raise FamilyError(f"family {family.name!r} ({where}): case {case.id!r} overrides provenance fields "
+                              "but FAMILY.provenance is not declared")
+        provenance = family.provenance_of(case)
+        if provenance is None:
+            continue
+        what = f"family {family.name!r} ({where}), case {case.id!r}"
+        missing = provenance.missing()
+        if missing:
+            raise FamilyError(f"{what}: provenance field(s) not set: {', '.join(missing)}")
+        if provenance.licence not in HUB_LICENCES:
+            raise FamilyError(f"{what}: licence {provenance.licence!r} is not a Hub licence id (see {LICENCES_SOURCE}); "
+                              "custom terms are licence='other' with licence_name and licence_link")
+        if provenance.licence.startswith("cc-by-nc") and not provenance.non_commercial:
+            raise FamilyError(f"{what}: licence {provenance.licence!r} is non-commercial: set non_commercial=True")
+
+
+def unlicensed(cases) -> list[str]:
+    """Case ids among `cases` whose family declares no provenance (no licence): never pushed."""
+    return [case.id for case in cases if family_of(case).provenance_of(case) is None]
 
 
 @lru_cache(maxsize=None)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from ..case import IMAGENET_MEAN, IMAGENET_STD, Case
-from ..family import Family, Small
+from ..family import Family, Provenance, Small
 from ..plan import Plan, Rename
 
 # size -> (depths, widths), from the original model definitions
@@ -31,6 +31,22 @@ PUBLISHED = [(s, "1k", 224) for s in SIZES] + [
 ] + [("huge", "22k", 384), ("huge", "22k", 512)]
 
 BASE_URL = "https://dl.fbaipublicfiles.com/convnext/convnextv2"
+
+PROVENANCE = Provenance(
+    # facebookresearch/ConvNeXt-V2 README.md, "## License" (HEAD 2553895): "This project is released under
+    # the MIT license except ImageNet pre-trained and fine-tuned models which are licensed under a
+    # CC-BY-NC."; LICENSE holds the MIT text, then "Attribution-NonCommercial 4.0 International".
+    licence="cc-by-nc-4.0",
+    non_commercial=True,
+    licence_statement="The ConvNeXt-V2 ImageNet pre-trained and fine-tuned weights are licensed under CC-BY-NC 4.0 "
+                      "(non-commercial use only); the original code is MIT.",
+    licence_source="facebookresearch/ConvNeXt-V2 README.md (## License) and LICENSE",
+    repository="https://github.com/facebookresearch/ConvNeXt-V2",
+    papers={"2301.00808": "ConvNeXt V2: Co-designing and Scaling ConvNets with Masked Autoencoders"},
+    # README "ImageNet-1K FCMAE pre-trained weights", TRAINING.md: FCMAE pre-training and fine-tuning on
+    # ImageNet-1K; the 22k cases add the paper's "IN-22K intermediate fine-tuning" before it.
+    datasets=("imagenet-1k",),
+)
 
 
 def _case(size: str, data: str, res: int) -> Case:
@@ -62,6 +78,7 @@ def _case(size: str, data: str, res: int) -> Case:
         # as much as the rest of the matrix: nightly, with `-m large`, or by name with -k.
         marks=("large",) if size == "huge" and res == 512 else (),
         params=dict(size=size),
+        provenance={} if data == "1k" else {"datasets": ("imagenet-21k", "imagenet-1k")},
     )
 
 
@@ -148,5 +165,6 @@ FAMILY = Family(
     unwrap=("model",),
     # several blocks per stage (same-shape keys to swap), square matrices (a transposition
     # coverage cannot see)
+    provenance=PROVENANCE,
     mutants=(Small("convnextv2_atto_1k_224", {"depths": [2, 1, 2, 1], "hidden_sizes": [8, 16, 32, 64], "num_labels": 64}),),
 )

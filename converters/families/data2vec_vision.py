@@ -29,7 +29,7 @@ import torch
 
 from .. import vit
 from ..case import Case
-from ..family import Family, Small
+from ..family import Family, Provenance, Small
 from ..plan import Drop, Plan, Rename
 from ..sources import Unavailable, reachable
 
@@ -44,6 +44,24 @@ URLS = {
     ("base", True): f"{BASE_URL}/finetuned_base/checkpoint-99/mp_rank_00_model_states.pt",
     ("large", True): f"{BASE_URL}/finetuned_large/checkpoint-49/mp_rank_00_model_states.pt",
 }
+
+
+PROVENANCE = Provenance(
+    # facebookresearch/data2vec_vision beit/README.md, "## LICENSE" (HEAD af9a363): "Data2Vec is licensed under
+    # CC-BY-NC, however portions of the project are available under separate license terms: Unilm is licensed
+    # under the MIT license."; fairseq examples/data2vec/README.md: "Vision models only are license under CC-BY-NC."
+    # Neither gives a version: 4.0, the current one (and ConvNeXt-V2's, from the same lab), is our reading.
+    licence="cc-by-nc-4.0",
+    non_commercial=True,
+    licence_statement="The data2vec-vision weights are licensed under CC-BY-NC (non-commercial use only; the "
+                      "original gives no version, read here as 4.0); the UniLM/BEiT code they build on is MIT.",
+    licence_source="facebookresearch/data2vec_vision beit/README.md (## LICENSE); facebookresearch/fairseq "
+                   "examples/data2vec/README.md",
+    repository="https://github.com/facebookresearch/data2vec_vision/tree/main/beit",
+    papers={"2202.03555": "data2vec: A General Framework for Self-supervised Learning in Speech, Vision and Language"},
+    # the paper: self-supervised pre-training and fine-tuning on ImageNet-1k
+    datasets=("imagenet-1k",),
+)
 
 
 def _case(size: str, finetuned: bool) -> Case:
@@ -274,6 +292,7 @@ _SMALL = {"hidden_size": 32, "num_attention_heads": 2, "num_hidden_layers": 2, "
 
 FAMILY = Family(
     name="data2vec_vision",
+    provenance=PROVENANCE,
     cases=CASES,
     plan=plan,
     original_layout=original_layout,

@@ -30,7 +30,7 @@ import torch
 
 from .. import compat, vit
 from ..case import IMAGENET_MEAN, IMAGENET_STD, Case
-from ..family import Family, Small
+from ..family import Family, Provenance, Small
 from ..plan import Plan, Rename, Split
 
 # size -> (embed dim, depth, heads, SwiGLU MLP), from the original hub entry points (vit_small .. vit_giant2)
@@ -54,6 +54,21 @@ OUTPUT_DIVERGENCE = (
     "the original evaluation scales the grid by (16 + 0.1) / 37: the position embeddings differ and so "
     "do the outputs at 224 (not at 518); no transformers setting reproduces the original scale factor"
 )
+
+
+PROVENANCE = Provenance(
+    # facebookresearch/dinov2 README.md, "## License" (HEAD b8931f7): "DINOv2 code and model weights are released
+    # under the Apache License 2.0."; MODEL_CARD.md: "License: Apache License 2.0" (CC-BY-NC until commit 81b2b64,
+    # 2023-08-31, "Update license everywhere").
+    licence="apache-2.0",
+    licence_statement="DINOv2 code and model weights are released under the Apache License 2.0.",
+    licence_source="facebookresearch/dinov2 README.md (## License), LICENSE and MODEL_CARD.md",
+    repository="https://github.com/facebookresearch/dinov2",
+    papers={"2304.07193": "DINOv2: Learning Robust Visual Features without Supervision"},
+    # MODEL_CARD.md: "Training data: LVD-142M (see paper)", never released
+    unlisted_data=("LVD-142M: 142 million curated images (not on the Hub, not released)",),
+)
+REGISTERS_PAPER = {"2309.16588": "Vision Transformers Need Registers"}
 
 
 def _case(size: str, kind: str) -> Case:
@@ -99,6 +114,10 @@ def _case(size: str, kind: str) -> Case:
         marks=("large",) if size in ("l", "g") else (),
         params=dict(size=size, kind=kind),
         output_divergence=None if kind == "_reg4" else OUTPUT_DIVERGENCE,
+        # register models: their own paper too (README, MODEL_CARD BibTeX); linear heads (README "Pretrained
+        # heads - Image classification"): trained on ImageNet-1k over the frozen backbone
+        provenance={"_reg4": {"papers": {**PROVENANCE.papers, **REGISTERS_PAPER}},
+                    "_linear": {"datasets": ("imagenet-1k",)}}.get(kind, {}),
     )
 
 
@@ -290,6 +309,7 @@ _SMALL = {"hidden_size": 32, "num_attention_heads": 2, "num_hidden_layers": 2, "
 
 FAMILY = Family(
     name="dinov2",
+    provenance=PROVENANCE,
     cases=CASES,
     plan=plan,
     original_layout=original_layout,

@@ -31,7 +31,7 @@ from torch import nn
 
 from .. import compat
 from ..case import IMAGENET_MEAN, IMAGENET_STD, Case
-from ..family import Family, Small
+from ..family import Family, Provenance, Small
 from ..plan import Drop, Plan, Rename
 from ..trace import Order, as_plan, trace_map
 
@@ -57,6 +57,31 @@ BASE_URL = "https://dl.fbaipublicfiles.com/vissl/model_zoo"
 # RegNets: short side to 384 (bicubic), centre crop 384, ImageNet mean/std. The original script's
 # processor (ConvNeXt at 384) squashes the image to a square instead.
 SOURCE_TAG = "regnety_2560.seer_ft_in1k"
+
+
+PROVENANCE = Provenance(
+    # facebookresearch/vissl projects/SEER/README.md, "## Model Documentation & License" (HEAD 09270ed): "The use
+    # of SEER model weights is subject to the [Model License](./MODEL_LICENSE)."; projects/SEER/MODEL_LICENSE.md,
+    # "SEER LICENSE AGREEMENT" 1a: "... limited license to reproduce, distribute, and create derivative works of the
+    # Software solely for your non-commercial research purposes."; 3 requires the notice "SEER is licensed under
+    # SEER license, Copyright (c) Meta Platforms, Inc. All Rights Reserved." No Hub licence id: `other`, named as
+    # timm names it (timm/models/regnet.py, license='seer-license').
+    licence="other",
+    licence_name="seer-license",
+    licence_link="https://github.com/facebookresearch/vissl/blob/main/projects/SEER/MODEL_LICENSE.md",
+    non_commercial=True,
+    licence_statement="SEER is licensed under SEER license, Copyright (c) Meta Platforms, Inc. All Rights Reserved: "
+                      "the weights may be used solely for non-commercial research purposes (no commercial, "
+                      "production, military, law-enforcement or biometric use; see the licence's section 2).",
+    licence_source="facebookresearch/vissl projects/SEER/README.md (## Model Documentation & License) and "
+                   "projects/SEER/MODEL_LICENSE.md",
+    repository="https://github.com/facebookresearch/vissl/tree/main/projects/SEER",
+    # The BibTeX of projects/SEER/README.md (the 10B model's paper)
+    papers={"2202.08360": "Vision Models Are More Robust And Fair When Pretrained On Uncurated Images Without Supervision"},
+    # projects/SEER/README.md: "All SEER models are pretrained on 1 Billion _random_ and _uncurated_ subset of
+    # Instagram images."; MODEL_ZOO.md: "IG-1B public images, non EU". Never published.
+    unlisted_data=("IG-1B: one billion public, uncurated Instagram images (not on the Hub, not released)",),
+)
 
 
 def _case(case_id: str, hub_name: str, url: str, model_class: str, output: str) -> Case:
@@ -85,6 +110,8 @@ def _case(case_id: str, hub_name: str, url: str, model_class: str, output: str) 
         params=dict(stage_checkpoints=STAGE_CHECKPOINTS),
         random_config=REDUCED,
         streamed=True,
+        # the fine-tuned checkpoint (README table, "finetuned on IN1K") adds ImageNet-1k
+        provenance={"datasets": ("imagenet-1k",)} if output == "logits" else {},
     )
 
 
@@ -306,6 +333,7 @@ def configurations(case: Case, tiny: bool):
 
 FAMILY = Family(
     name="regnet_seer",
+    provenance=PROVENANCE,
     cases=CASES,
     plan=plan,
     original_layout=original_layout,

@@ -18,7 +18,7 @@ import torch
 
 from .. import compat
 from ..case import IMAGENET_MEAN, IMAGENET_STD, Case
-from ..family import Family, Small
+from ..family import Family, Provenance, Small
 from ..plan import Plan, meta_state
 from ..sources import Unavailable, cache_path, reachable
 from ..trace import as_plan, trace_map
@@ -38,6 +38,29 @@ TAGS = {"resnet18": "a1_in1k", "resnet26": "bt_in1k", "resnet34": "a1_in1k", "re
 # timm's eval crop_pct of each tag (its pretrained config)
 CROP_PCT = {"resnet26": 0.875}
 EXPANSION = {"basic": 1, "bottleneck": 4}
+
+RESNET, RSB, BAG_OF_TRICKS = "1512.03385", "2110.00476", "1812.01187"
+PAPERS = {RESNET: "Deep Residual Learning for Image Recognition",
+          RSB: "ResNet strikes back: An improved training procedure in timm",
+          BAG_OF_TRICKS: "Bag of Tricks for Image Classification with Convolutional Neural Networks"}
+# The recipe paper of each tag (timm hfdocs/source/hparams.mdx: a1 = ResNet Strikes Back A1,
+# a1h = "Based on ResNet Strikes Back A1 recipe", bt = "Bag-of-Tricks recipe").
+RECIPE = {"a1_in1k": RSB, "a1h_in1k": RSB, "bt_in1k": BAG_OF_TRICKS}
+
+PROVENANCE = Provenance(
+    # timm/models/resnet.py `_cfg()`: 'license': 'apache-2.0' (pytorch-image-models HEAD aa4b585); its README,
+    # "### Pretrained Weights": "Any models I have trained with ImageNet are done for research purposes and one
+    # should assume that the original dataset license applies to the weights. It's best to seek legal advice if
+    # you intend to use the pretrained weights in a commercial product."
+    licence="apache-2.0",
+    licence_statement="timm publishes these weights under Apache 2.0, and its README adds that, trained on "
+                      "ImageNet for research purposes, they should be assumed to fall under the ImageNet dataset "
+                      "licence (seek legal advice before commercial use).",
+    licence_source="huggingface/pytorch-image-models timm/models/resnet.py (_cfg license) and README.md "
+                   "(### Pretrained Weights)",
+    repository="https://github.com/huggingface/pytorch-image-models",
+    datasets=("imagenet-1k",),  # the tags' `_in1k`
+)
 
 # Measured on the synthetic test images (640x480: 3.85; 480x640, 500x333: 4.11), tests/test_resnet.py.
 CROP_OFFSET = (
@@ -73,6 +96,8 @@ def _case(arch: str) -> Case:
         atol=1e-5,
         params=dict(arch=arch),
         pixel_divergence=CROP_OFFSET if diverges else None,
+        provenance=dict(papers={p: PAPERS[p] for p in (RESNET, RECIPE[TAGS[arch]])},
+                        base_model=f"timm/{arch}.{TAGS[arch]}"),  # timm's hub repo of the weights
     )
 
 
@@ -182,6 +207,7 @@ def configurations(case: Case, tiny: bool):
 
 FAMILY = Family(
     name="resnet",
+    provenance=PROVENANCE,
     cases=CASES,
     plan=plan,
     original_layout=original_layout,

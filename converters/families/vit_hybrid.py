@@ -15,13 +15,31 @@ import torch
 
 from .. import vit
 from ..case import Case
-from ..family import TRANSFORMERS_LINES, Family
+from ..family import TRANSFORMERS_LINES, Family, Provenance
 from ..plan import Plan, Rename, meta_state
 from ..sources import Unavailable, reachable
 
 TIMM_TAG = "vit_base_r50_s16_384.orig_in21k_ft_in1k"
 HUB_ID = f"timm/{TIMM_TAG}"  # where timm's pretrained weights live
 HUB_FILE = "model.safetensors"
+
+PROVENANCE = Provenance(
+    # timm/models/vision_transformer_hybrid.py `_cfg()`: 'license': 'apache-2.0' (pytorch-image-models HEAD aa4b585).
+    # The original, google-research/vision_transformer (HEAD c6de1e5), has an Apache 2.0 LICENSE (since its first
+    # commit) but no sentence that licenses the weights; its README's only such text is "This is not an official
+    # Google product." So the weights' apache-2.0 is timm's statement, inferred from the repo licence.
+    licence="apache-2.0",
+    licence_statement="timm publishes these weights (its conversion of Google's R50+ViT-B/16 JAX checkpoint) under "
+                      "Apache 2.0, the licence of Google's vision_transformer repository, which states no "
+                      "separate licence for its weights.",
+    licence_source="huggingface/pytorch-image-models timm/models/vision_transformer_hybrid.py (_cfg license); "
+                   "google-research/vision_transformer LICENSE (Apache 2.0; README.md states no weights licence)",
+    repository="https://github.com/google-research/vision_transformer",
+    papers={"2010.11929": "An Image is Worth 16x16 Words: Transformers for Image Recognition at Scale"},
+    # README: "`gs://vit_models/imagenet21k+imagenet2012` - Models pre-trained on ImageNet-21k and fine-tuned on ImageNet."
+    datasets=("imagenet-21k", "imagenet-1k"),
+    base_model=HUB_ID,
+)
 
 CASES = (
     Case(
@@ -137,6 +155,7 @@ def configurations(case: Case, tiny: bool):
 
 FAMILY = Family(
     name="vit_hybrid",
+    provenance=PROVENANCE,
     cases=CASES,
     plan=plan,
     original_layout=original_layout,
