@@ -57,3 +57,75 @@ def round_trip(case_id: str, plan: Plan, converted: Mapping, original: Mapping) 
     figures = {"max_abs_diff": worst, "atol": 0.0, "not_restorable": sorted(skipped)}
     return Check(not problems, message, figures)
 
+
+
+# The default backend of transformers 5.x's AutoImageProcessor is torchvision's, which resamples
+# differently from PIL (the original evaluation's). Measured on every default case (random
+# weights, transformers 5.24) on the photographs: 1 grey level (224-px crops) to 2 (384 px) of the
+# 8-bit input, outputs' cosine similarity >= 0.999999 with the original evaluation's, max abs diff
+# up to 9.5e-3 (data2vec-vision base hidden states). A wrong mean, resample or crop goes far past
+# both (tests/test_as_loaded.py). A PIL processor (5.x backend="pil", 4.x's default) is held to 0
+# grey levels and the case's atol.
+DEFAULT_BACKEND_GREY_LEVELS = 2.0
+DEFAULT_BACKEND_MIN_COSINE = 0.9999
+
+
+def grey_levels(diff: torch.Tensor, image_std) -> float:
+    """A normalised pixel difference in levels of the 8-bit image (x std x 255, worst channel);
+    rounded to 1e-3, float noise off whole levels."""
+    std = torch.tensor(image_std, dtype=torch.float64).view(-1, 1, 1)
+    return round((diff.double().abs() * std * 255).amax().item(), 3) if diff.numel() else 0.0
+
+
+def as_loaded(case, folder, oracle, source_transform, photographs: dict) -> Check:
+    """The saved `folder` loaded as users load it (`export.load_as_users_do`) against the original
+    evaluation on `photographs` (name -> PIL image): per processor path ("default", and "pil" on
+    5.x) pixel grey levels, output max abs diff, cosine, top-1/top-5 agreement; the pipeline's top-1."""
+    from . import compat
+    from .export import LoadError, load_as_users_do
+
+    try:
+        loaded = load_as_users_do(folder, case)
+    except (LoadError, OSError, ValueError) as e:
+        return Check(False, str(e), {"max_abs_diff": None, "atol": None})
+    images = list(photographs.values())
+    reference_pixels = torch.stack([source_transform(image.convert("RGB")) for image in images])
+    with torch.inference_mode():
+        reference = oracle(reference_pixels)
+    figures, problems = {"processor_class": type(loaded.processor).__name__, "photographs": list(photographs)}, []
+    for path, processor in loaded.processors.items():
+        pixels = processor(images=images, return_tensors="pt")["pixel_values"]
+        if pixels.shape != reference_pixels.shape:
+            problems.append(f"{path} backend ({type(processor).__name__}): pixel values {tuple(pixels.shape)}, "
+                            f"the original evaluation {tuple(reference_pixels.shape)}")
+            continue
+        exact = compat.is_pil_processor(processor)
+        limit = 0.0 if exact else DEFAULT_BACKEND_GREY_LEVELS
+        levels = grey_levels(pixels - reference_pixels, processor.image_std)
+        with torch.inference_mode():
+            outputs = getattr(loaded.model(pixel_values=pixels), case.output)
+        compared = outputs_close(case.id, f"{path} backend ({type(processor).__name__}) outputs vs the original evaluation",
+                                 outputs, reference, case.atol if exact else float("inf"))
+        figures[path] = {"processor_class": type(processor).__name__, "grey_levels": levels, "grey_levels_limit": limit,
+                         **{k: v for k, v in compared.figures.items() if k != "atol"},
+                         "atol": case.atol if exact else None, "min_cosine": None if exact else DEFAULT_BACKEND_MIN_COSINE}
+        if outputs.ndim == 2:
+            figures[path]["top1_agreement"] = (outputs.argmax(1) == reference.argmax(1)).double().mean().item()
+        if levels > limit:
+            problems.append(f"{path} backend ({type(processor).__name__}): pixels {levels:g} grey levels from the original "
+                            f"evaluation > {limit:g} (max abs diff {(pixels - reference_pixels).abs().max().item():.3g})")
+        elif not compared.ok:
+            problems.append(compared.message)
+        elif not exact and not compared.figures["cosine_similarity"] >= DEFAULT_BACKEND_MIN_COSINE:
+            problems.append(f"{path} backend outputs: cosine {compared.figures['cosine_similarity']:.6f} < {DEFAULT_BACKEND_MIN_COSINE}")
+    if loaded.pipeline is not None:  # pipeline("image-classification", model=folder): the loaded model's top-1
+        top = loaded.pipeline(images[0], top_k=1)[0]["label"]
+        with torch.inference_mode():
+            logits = loaded.model(**loaded.processor(images=images[0], return_tensors="pt")).logits
+        expected = loaded.model.config.id2label[int(logits.argmax())]
+        figures["pipeline_top1"] = top
+        if top != expected:
+            problems.append(f"pipeline top-1 {top!r}, the loaded model's {expected!r}")
+    default = figures.get("default", {})
+    figures |= {"max_abs_diff": default.get("max_abs_diff"), "atol": default.get("atol"), "grey_levels": default.get("grey_levels")}
+    return Check(not problems, f"{case.id}: {folder} as users load it:\n" + "\n".join(problems), figures)

@@ -43,6 +43,25 @@ def image_processor_class(name: str):
     return get_class(name)
 
 
+# Measured on 4.57.6 (scikit-image's camera, logo and palette GIF): these processors ignore
+# do_convert_rgb and raise on grayscale, RGBA and palette images; 5.x converts them when
+# do_convert_rgb is set (the cases set it). No 4.57 setting helps: users convert to RGB first.
+_NO_RGB_CONVERSION_4X = ("ConvNextImageProcessor", "BeitImageProcessor")
+
+
+def rejected_modes(processor_class: str) -> tuple[str, ...]:
+    """PIL modes the installed transformers' image processor cannot take, whatever its config."""
+    if MAJOR < 5 and processor_class in _NO_RGB_CONVERSION_4X:
+        return ("L", "RGBA", "P")
+    return ()
+
+
+def is_pil_processor(processor) -> bool:
+    """Is this image processor the PIL implementation (5.x: `...Pil`; 4.x: not `...Fast`)?"""
+    name = type(processor).__name__
+    return name.endswith("Pil") if MAJOR >= 5 else not name.endswith("Fast")
+
+
 def unsupported(case) -> str | None:
     """Why the installed transformers cannot run `case` (its config, model or image processor
     class is missing), or None when it can. The harness turns the reason into a skip."""

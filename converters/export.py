@@ -11,6 +11,7 @@ import os
 import platform
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -98,6 +99,52 @@ def finish_save(case, staging: Path, destination: Path, validation: dict) -> Pat
     return publish(staging, destination)
 
 
+class LoadError(RuntimeError):
+    """A saved folder the Auto classes cannot load as its case declares; names the file and field."""
+
+
+@dataclass
+class AsLoaded:
+    config: object
+    processor: object  # AutoImageProcessor.from_pretrained(folder): the installed line's default
+    processors: dict  # "default" and, on 5.x, "pil" (backend="pil")
+    model: object
+    pipeline: object | None  # pipeline("image-classification", model=folder) for classifiers
+
+
+def load_as_users_do(folder: Path, case) -> AsLoaded:
+    """A saved folder loaded with defaults only, as users load a Hub repo: AutoConfig,
+    AutoImageProcessor (and backend="pil" on 5.x), the task's Auto model class, pipeline()."""
+    import transformers
+
+    from . import compat
+
+    folder = Path(folder)
+    config = transformers.AutoConfig.from_pretrained(folder)
+    if type(config).__name__ != case.config_class:
+        raise LoadError(f"{case.id}: {folder / 'config.json'}: model_type {config.model_type!r} loads "
+                        f"{type(config).__name__}, the case declares {case.config_class}")
+    try:
+        processor = transformers.AutoImageProcessor.from_pretrained(folder)
+    except Exception as e:
+        raise LoadError(f"{case.id}: {folder / 'preprocessor_config.json'}: AutoImageProcessor cannot load it "
+                        f"({type(e).__name__}: {str(e)[:300]})") from None
+    loaded_class = type(processor).__name__.removesuffix("Pil").removesuffix("Fast")
+    if loaded_class != case.processor_class:
+        raise LoadError(f"{case.id}: {folder / 'preprocessor_config.json'}: field image_processor_type loads "
+                        f"{type(processor).__name__}, the case declares {case.processor_class}")
+    processors = {"default": processor}
+    if compat.MAJOR >= 5:
+        processors["pil"] = transformers.AutoImageProcessor.from_pretrained(folder, backend="pil")
+    auto = transformers.AutoModelForImageClassification if case.output == "logits" else transformers.AutoModel
+    model = auto.from_pretrained(folder).eval()
+    if type(model).__name__ != case.model_class:
+        raise LoadError(f"{case.id}: {folder / 'config.json'}: {auto.__name__} loads {type(model).__name__}, "
+                        f"the case declares {case.model_class}")
+    pipe = transformers.pipeline("image-classification", model=str(folder)) if case.output == "logits" else None
+    return AsLoaded(config, processor, processors, model, pipe)
+
+
 def discard(staging: Path) -> None:
     shutil.rmtree(staging, ignore_errors=True)
 
@@ -182,6 +229,7 @@ def model_card(case, validation: dict):
 ## Usage
 
 {_usage(case, family, task)}
+{_as_loaded(validation)}
 
 ## Validation
 
@@ -240,7 +288,7 @@ def _usage(case, family, task: str) -> str:
     auto = "AutoModelForImageClassification" if task == "image-classification" else "AutoModel"
     if any(line.startswith(">=5") for line in family.transformers_lines):
         pil = ("# The PIL image processor, as validated: transformers 5.x loads a torchvision-based one by default,\n"
-               "# up to 1 grey level off; on 4.x pass use_fast=False instead of backend=\"pil\".\n"
+               "# 1-2 grey levels off (measured below); on 4.x pass use_fast=False instead of backend=\"pil\".\n"
                "processor = AutoImageProcessor.from_pretrained(repo, backend=\"pil\")")
     else:
         pil = (f"# {case.model_class} is in transformers {', '.join(family.transformers_lines)} only (not 5.x);\n"
@@ -256,6 +304,25 @@ model = {auto}.from_pretrained(repo)
 outputs = model(**processor(images=Image.open("image.jpg").convert("RGB"), return_tensors="pt"))
 print(outputs.{case.output}.shape)
 ```"""
+
+
+def _as_loaded(validation: dict) -> str:
+    """One sentence with what the as_loaded check measured: the default processor's effect, and the PIL path's."""
+    figures = validation["checks"].get("as_loaded", {})
+    paths = {p: figures[p] for p in ("default", "pil") if isinstance(figures.get(p), dict)}
+    if "default" not in paths:
+        return ""
+
+    def said(f):
+        top1 = f", top-1 agreement {f['top1_agreement']:.0%}" if f.get("top1_agreement") is not None else ""
+        levels = f"{f['grey_levels']:g} grey level{'' if f['grey_levels'] == 1 else 's'}"
+        return (f"`{f['processor_class']}` gives pixels {levels} from the original evaluation's "
+                f"and outputs within {f['max_abs_diff']:.2g} (cosine {f['cosine_similarity']:.6f}{top1})")
+
+    text = f"Measured on photographs when this folder was validated: by default {said(paths['default'])}"
+    if "pil" in paths:
+        text += f"; with `backend=\"pil\"` {said(paths['pil'])}"
+    return text + ".\n"
 
 
 def _citation(provenance) -> str:

@@ -71,6 +71,7 @@ def _case(size: str, data: str, res: int) -> Case:
             image_mean=list(IMAGENET_MEAN),
             image_std=list(IMAGENET_STD),
             resample=3,  # PIL bicubic
+            do_convert_rgb=True,  # grayscale, RGBA and palette images as the original loader's RGB
         ),
         timm_tag=f"convnextv2_{size}.{tag}",
         atol=1e-5,

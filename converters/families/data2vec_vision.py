@@ -100,6 +100,7 @@ def _case(size: str, finetuned: bool) -> Case:
             do_normalize=True,
             image_mean=[0.5, 0.5, 0.5],
             image_std=[0.5, 0.5, 0.5],
+            do_convert_rgb=True,  # grayscale, RGBA and palette images as the original loader's RGB
         ),
         atol=1e-5,
         # ViT-L at full size: ~65 s and 5 GB per case on 2 cores, twice the four base checks together.

@@ -91,6 +91,7 @@ def _case(arch: str) -> Case:
             image_mean=list(IMAGENET_MEAN),
             image_std=list(IMAGENET_STD),
             resample=3,  # PIL bicubic, as timm
+            do_convert_rgb=True,  # grayscale, RGBA and palette images as the original loader's RGB
         ),
         timm_tag=f"{arch}.{TAGS[arch]}",
         atol=1e-5,
