@@ -47,6 +47,9 @@ class Case:
     # backbone file plus a head file. A part's keys enter the original state under `<part>.`;
     # `--checkpoint CASE:PART=PATH` gives a local file for a part.
     extra_files: Mapping[str, str] = field(default_factory=dict)
+    # The Hub repository where this conversion is already published ("org/name"), when known;
+    # None otherwise (never guessed from hub_name).
+    published_repo: str | None = None
 
     @property
     def seed(self) -> int:

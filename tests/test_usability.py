@@ -1,0 +1,62 @@
+"""What a newcomer sees: the case listing, why random weights, one error per case, progress,
+plain words for a known divergence."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import converters
+import torch
+from fixtures import plugin
+
+ROOT = Path(__file__).resolve().parents[1]
+ATTO = converters.get("convnextv2_atto_1k_224")
+
+
+def seed_torch_hub_cache(tmp_path: Path, case) -> Path:
+    path = tmp_path / "torch" / "hub" / "checkpoints" / Path(case.url).name
+    path.parent.mkdir(parents=True)
+    torch.save({"model": converters.synthetic_original(case)}, path)
+    return path
+
+
+def test_case_status_says_cached_reachable_or_no_without_downloading(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    asked = []
+    status = plugin.case_status(ATTO, lambda url: asked.append(url) or False)
+    assert status == {"case": ATTO.id, "family": "convnextv2", "weights": "no", "large": False,
+                      "supported": True, "published": None}
+    assert asked == [ATTO.url]
+    assert plugin.case_status(ATTO, lambda url: True)["weights"] == "reachable"
+    cached = seed_torch_hub_cache(tmp_path, ATTO)
+    assert plugin.case_status(ATTO, lambda url: False)["weights"] == "cached"
+    assert sorted(cached.parent.iterdir()) == [cached]  # nothing downloaded beside it
+    huge = converters.get("convnextv2_huge_22k_512")
+    assert plugin.case_status(huge, lambda url: False)["large"] is True
+
+
+def test_cases_option_lists_every_case_and_runs_nothing(tmp_path):
+    env = dict(os.environ, TORCH_HOME=str(tmp_path / "torch"), HF_HOME=str(tmp_path / "hf"), HF_HUB_OFFLINE="1")
+    result = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--cases", "tests/test_conversions.py"],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    rows = {line.split()[0]: line.split() for line in lines[1:] if line.split() and line.split()[0] in {c.id for c in converters.cases()}}
+    assert set(rows) == {c.id for c in converters.cases()}
+    assert rows[ATTO.id][1:] == ["convnextv2", "no", "no", "yes", "-"]
+    assert rows["convnextv2_huge_22k_512"][3] == "yes"
+    assert "passed" not in result.stdout and "collected" not in result.stdout
+
+
+def test_conversion_mark_selects_the_case_checks_not_harness_tests_of_that_name():
+    cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--co", "-q", "tests/test_conversions.py",
+           "tests/test_resnet.py", "-k", "resnet50"]
+    both = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120).stdout.splitlines()
+    only = subprocess.run([*cmd, "-m", "conversion"], cwd=ROOT, capture_output=True, text=True, timeout=120).stdout.splitlines()
+    assert any(line.startswith("tests/test_resnet.py::") for line in both)
+    ids = [line for line in only if "::" in line]
+    assert ids and all(line.startswith("tests/test_conversions.py::") and "[resnet50]" in line for line in ids)
+    assert len(ids) == len([line for line in both if line.startswith("tests/test_conversions.py::")])
