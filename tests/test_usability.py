@@ -3,6 +3,7 @@ plain words for a known divergence."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -60,3 +61,35 @@ def test_conversion_mark_selects_the_case_checks_not_harness_tests_of_that_name(
     ids = [line for line in only if "::" in line]
     assert ids and all(line.startswith("tests/test_conversions.py::") and "[resnet50]" in line for line in ids)
     assert len(ids) == len([line for line in both if line.startswith("tests/test_conversions.py::")])
+
+
+def test_auto_reason_once_empty_checkpoint_once_and_unused_checkpoint_warned(tmp_path):
+    """One run: atto in auto mode (no cache: random weights, saying why), femto from an empty file
+    (one message, not one per check), a --checkpoint for a case not selected (warned)."""
+    femto = converters.get("convnextv2_femto_1k_224")
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    env = dict(os.environ, TORCH_HOME=str(tmp_path / "torch"), HF_HOME=str(tmp_path / "hf"), HF_HUB_OFFLINE="1")
+    cmd = [sys.executable, "-m", "pytest", "tests/test_conversions.py", "-p", "no:cacheprovider", "-q", "-m", "conversion",
+           "-k", f"{ATTO.id} or {femto.id}", "--checkpoint", f"{femto.id}={empty}", "--checkpoint", f"resnet18={empty}",
+           "--report", str(tmp_path / "r.json")]
+    result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    out = result.stdout
+    (tmp_path / "out.txt").write_text(out)
+    assert result.returncode == 1, out[-3000:]
+    assert out.count("conversion summary") == 1
+
+    report = json.loads((tmp_path / "r.json").read_text())["cases"]
+    reason = report[ATTO.id]["weights_reason"]
+    assert "is not cached and not reachable" in reason and f"--checkpoint {ATTO.id}=PATH" in reason
+    assert out.count(f"{ATTO.id} random weights: {reason}") == 1
+    assert report[femto.id]["weights_reason"] is None
+
+    checks = report[femto.id]["checks"]
+    message = checks["key_coverage"]["reason"]
+    using_it = {name: c for name, c in checks.items() if name != "pixel_values"}  # the pixel check needs no weights
+    assert str(empty) in message and {c["status"] for c in using_it.values()} == {"error"}  # still failing, not skipped
+    assert {c["reason"] for name, c in using_it.items() if name != "key_coverage"} == {
+        f"{femto.id}: the original cannot be used, see key_coverage"}
+    assert out.count(str(empty)) == 2 and "During handling" not in out  # the failure, and the warning below
+    assert f"--checkpoint resnet18={empty}: resnet18 is not selected" in out
