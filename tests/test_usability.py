@@ -11,7 +11,9 @@ from pathlib import Path
 
 import converters
 import torch
+from converters import export
 from fixtures import plugin
+from fixtures.session import Results, summary
 
 ROOT = Path(__file__).resolve().parents[1]
 ATTO = converters.get("convnextv2_atto_1k_224")
@@ -93,3 +95,42 @@ def test_auto_reason_once_empty_checkpoint_once_and_unused_checkpoint_warned(tmp
         f"{femto.id}: the original cannot be used, see key_coverage"}
     assert out.count(str(empty)) == 2 and "During handling" not in out  # the failure, and the warning below
     assert f"--checkpoint resnet18={empty}: resnet18 is not selected" in out
+
+
+class Terminal:
+    def __init__(self):
+        self.lines = []
+
+    def section(self, title):
+        self.lines.append(f"== {title} ==")
+
+    def write_line(self, line, **markup):
+        self.lines.append(line)
+
+
+def test_a_known_pixel_divergence_is_said_plainly_with_its_measured_figure():
+    resnet50 = converters.get("resnet50")
+    checks = {"pixel_values": {"status": "xfailed", "max_abs_diff": 4.11, "atol": 0.0, "reason": resnet50.pixel_divergence}}
+    notice = export.divergence_notice(resnet50, {"checks": checks})
+    assert "pixel values that differ from the original evaluation's by up to 4.11" in notice
+    assert "weights themselves are converted exactly" in notice and f"`{resnet50.timm_tag}`" in notice
+    assert export.divergence_notice(ATTO, {"checks": checks}) is None
+
+    results = Results()
+    results.order = ["pixel_values"]
+    results.cases = {"resnet50": {"family": "resnet", "weights": "random", "checks": checks},
+                     ATTO.id: {"family": "convnextv2", "weights": "random", "checks": {"pixel_values": {"status": "passed", "max_abs_diff": 0.0}}}}
+    results.saved = {"resnet50": "/out/resnet50", ATTO.id: f"/out/{ATTO.id}"}
+    tr = Terminal()
+    summary(tr, results)
+    row = next(line for line in tr.lines if line.startswith("resnet50 "))
+    assert row.endswith("/out/resnet50 (known difference: its image processor gives other pixel values than the "
+                        "original evaluation (max abs diff 4.11))")
+    assert next(line for line in tr.lines if line.startswith(ATTO.id)).endswith(f"/out/{ATTO.id}")
+
+
+def test_a_known_output_divergence_is_said_plainly():
+    case = next(c for c in converters.cases("dinov2") if c.output_divergence)
+    notice = export.divergence_notice(case, {"checks": {"logits": {"status": "passed", "max_abs_diff": 2e-5}}})
+    assert "differ from the original evaluation's" in notice and case.output_divergence in notice and "2e-05" in notice
+    assert "outputs differ from the original evaluation's" in export.divergence_summary(case, {})
