@@ -73,7 +73,7 @@ def _share_like_umask(folder: Path) -> None:
         os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
 
 
-def stage(case, folder: Path, processor, model=None, original=None, source_path=None) -> dict:
+def stage(case, folder: Path, processor, model=None, original=None, source_path=None, on_shard=None) -> dict:
     """Write the weights, config and preprocessor config of a conversion into `folder` (a staging
     folder): `model.save_pretrained`, or for a streamed case the original tensors converted shard
     by shard and verified (`converters.stream.save`). Returns figures for the record."""
@@ -81,7 +81,7 @@ def stage(case, folder: Path, processor, model=None, original=None, source_path=
     if case.streamed:
         from .stream import save
 
-        streamed = save(case, original, folder, source_path=source_path)
+        streamed = save(case, original, folder, source_path=source_path, on_shard=on_shard)
         figures = {"tensors_verified": streamed.tensors, "shards": len(streamed.files)}
     else:
         model.save_pretrained(folder)

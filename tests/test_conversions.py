@@ -18,6 +18,7 @@ import converters
 from converters import checks, compat, export, stream
 from converters.localise import first_divergence
 from fixtures.models import output
+from fixtures.progress import say, step
 
 # Overridable so the harness's own tests can record into a scratch directory.
 EXPECTED_DIR = Path(os.environ.get("VISION_PORT_EXPECTED_DIR", Path(__file__).resolve().parents[1] / "expected_logits"))
@@ -111,8 +112,10 @@ def test_save_reload(case, original, hf_processor, pixels, images, harness, reco
         results.staged[case.id] = (folder, {"original": original.describe(), "images": list(images), "url": case.url})
     # streamed: tensor by tensor into shards, each read back and compared with its source
     model = None if case.streamed else request.getfixturevalue("hf_model")
-    record.figures(**export.stage(original.case, folder, hf_processor, model=model, original=original.state,
-                                  source_path=original.path))
+    with step(request.config, case.id, "saving" + (" (streaming shards)" if case.streamed else "")):
+        record.figures(**export.stage(original.case, folder, hf_processor, model=model, original=original.state,
+                                      source_path=original.path,
+                                      on_shard=lambda name: say(request.config, f"  {case.id}: {name} written")))
     reloaded_pixels = type(hf_processor).from_pretrained(folder)(images=list(images.values()), return_tensors="pt")["pixel_values"]
     assert torch.equal(reloaded_pixels, pixels), f"{case.id}: the saved preprocessor config gives other pixel values"
     too_large = stream.too_large(original.case)

@@ -95,6 +95,7 @@ def test_auto_reason_once_empty_checkpoint_once_and_unused_checkpoint_warned(tmp
         f"{femto.id}: the original cannot be used, see key_coverage"}
     assert out.count(str(empty)) == 2 and "During handling" not in out  # the failure, and the warning below
     assert f"--checkpoint resnet18={empty}: resnet18 is not selected" in out
+    assert "converting ..." not in out  # no progress under -q
 
 
 class Terminal:
@@ -134,3 +135,51 @@ def test_a_known_output_divergence_is_said_plainly():
     notice = export.divergence_notice(case, {"checks": {"logits": {"status": "passed", "max_abs_diff": 2e-5}}})
     assert "differ from the original evaluation's" in notice and case.output_divergence in notice and "2e-05" in notice
     assert "outputs differ from the original evaluation's" in export.divergence_summary(case, {})
+
+
+class Plugins:
+    def __init__(self, **plugins):
+        self.plugins = plugins
+
+    def get_plugin(self, name):
+        return self.plugins.get(name)
+
+
+class Capture:
+    def __init__(self):
+        self.disabled = 0
+
+    def global_and_fixture_disabled(self):
+        import contextlib
+
+        self.disabled += 1
+        return contextlib.nullcontext()
+
+
+def test_progress_of_a_step_with_v_in_the_main_process_only():
+    from types import SimpleNamespace
+
+    from fixtures.progress import step
+
+    def run(verbose, worker=False):
+        tr, capture = Terminal(), Capture()
+        config = SimpleNamespace(option=SimpleNamespace(verbose=verbose),
+                                 pluginmanager=Plugins(terminalreporter=tr, capturemanager=capture))
+        if worker:
+            config.workerinput = {}
+        with step(config, ATTO.id, "converting"):
+            pass
+        return tr.lines, capture.disabled
+
+    lines, disabled = run(1)
+    assert lines[0] == f"  {ATTO.id}: converting ..." and lines[1].startswith(f"  {ATTO.id}: converting done in ")
+    assert lines[1].endswith(" s") and disabled == 2  # written around pytest's capture, shown as it happens
+    assert run(0) == ([], 0) and run(-1) == ([], 0) and run(2, worker=True) == ([], 0)
+
+
+def test_streaming_reports_each_shard_as_it_is_written(tmp_path):
+    from converters import stream
+
+    names = []
+    streamed = stream.save(ATTO, converters.synthetic_original(ATTO), tmp_path / "out", shard_bytes=4 << 20, on_shard=names.append)
+    assert len(names) > 1 and names == [Path(f).name for f in streamed.files]
