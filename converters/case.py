@@ -50,6 +50,9 @@ class Case:
     # Where this case's weights differ from its family's provenance (`Family.provenance`): fields of
     # `converters.family.Provenance` and their values, e.g. the 22k cases' training data.
     provenance: Mapping[str, Any] = field(default_factory=dict)
+    # The Hub repository where this conversion is already published ("org/name"), when known;
+    # None otherwise (never guessed from hub_name).
+    published_repo: str | None = None
 
     @property
     def seed(self) -> int:

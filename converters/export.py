@@ -74,7 +74,7 @@ def _share_like_umask(folder: Path) -> None:
         os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
 
 
-def stage(case, folder: Path, processor, model=None, original=None, source_path=None) -> dict:
+def stage(case, folder: Path, processor, model=None, original=None, source_path=None, on_shard=None) -> dict:
     """Write the weights, config and preprocessor config of a conversion into `folder` (a staging
     folder): `model.save_pretrained`, or for a streamed case the original tensors converted shard
     by shard and verified (`converters.stream.save`). Returns figures for the record."""
@@ -82,7 +82,7 @@ def stage(case, folder: Path, processor, model=None, original=None, source_path=
     if case.streamed:
         from .stream import save
 
-        streamed = save(case, original, folder, source_path=source_path)
+        streamed = save(case, original, folder, source_path=source_path, on_shard=on_shard)
         figures = {"tensors_verified": streamed.tensors, "shards": len(streamed.files)}
     else:
         model.save_pretrained(folder)
@@ -335,3 +335,44 @@ def _citation(provenance) -> str:
 
 def _fmt(value) -> str:
     return "" if value is None else f"{value:.3g}"
+
+
+def divergence_summary(case, checks: dict) -> str | None:
+    """One plain line for the terminal summary when a case is converted with a known difference
+    from the original evaluation (`Case.pixel_divergence`, `Case.output_divergence`)."""
+    said = []
+    if case.pixel_divergence:
+        worst = checks.get("pixel_values", {}).get("max_abs_diff")
+        said.append("its image processor gives other pixel values than the original evaluation"
+                    + (f" (max abs diff {worst:.3g})" if worst is not None else ""))
+    if case.output_divergence:
+        said.append("its outputs differ from the original evaluation's by design (see the card)")
+    return f"known difference: {'; '.join(said)}" if said else None
+
+
+def divergence_notice(case, validation: dict) -> str | None:
+    """The plain-language paragraph for the top of the model card of a case converted with a known
+    difference from the original evaluation: what differs, by how much (measured), what to do."""
+    checks = validation.get("checks", {})
+    paragraphs = []
+    if case.pixel_divergence:
+        pixel = checks.get("pixel_values", {})
+        worst = pixel.get("max_abs_diff")
+        measured = f"by up to {worst:.3g} (max abs diff of normalised pixel values on the test images)" if worst is not None else "slightly"
+        original = f"timm's evaluation transform of `{case.timm_tag}`" if case.timm_tag else "the original evaluation transform"
+        paragraphs.append(
+            f"> **Known difference: preprocessing.** The image processor saved here gives pixel values that differ "
+            f"from the original evaluation's {measured}, so predictions can differ slightly from the published "
+            f"accuracy figures. The weights themselves are converted exactly. Cause: {case.pixel_divergence}. "
+            f"To reproduce the original evaluation, preprocess images with {original} and pass the tensor as "
+            "`pixel_values`.")
+    if case.output_divergence:
+        logits = checks.get("logits", {})
+        figure = logits.get("max_abs_diff")
+        against = f" (max abs diff {figure:.3g} against that implementation)" if figure is not None else ""
+        paragraphs.append(
+            f"> **Known difference: outputs.** The weights are converted exactly and the outputs match an "
+            f"independent implementation that makes the same choice as transformers{against}, but they differ from "
+            f"the original evaluation's: {case.output_divergence}. Where exact agreement with the original "
+            "evaluation matters, run the original code or an input size at which they agree.")
+    return "\n>\n".join(paragraphs) if paragraphs else None

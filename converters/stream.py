@@ -219,10 +219,11 @@ def _by_file(weight_map: Mapping[str, str]) -> dict[str, list[str]]:
 
 
 def save(case: Case, original: Mapping[str, torch.Tensor], folder: Path, shard_bytes: int = DEFAULT_SHARD_BYTES,
-         source_path=None) -> Streamed:
+         source_path=None, on_shard=None) -> Streamed:
     """Convert `original` (memory-mapped from `source_path`, or in memory) with the case plan into
     `folder` (created, or empty): config.json and shards, each verified against the source while
-    the next is written. Raises StreamError on any problem."""
+    the next is written; `on_shard(name)` after each shard is written (progress). Raises StreamError
+    on any problem."""
     from concurrent.futures import ThreadPoolExecutor
 
     from .core import build_config, convert
@@ -240,8 +241,12 @@ def save(case: Case, original: Mapping[str, torch.Tensor], folder: Path, shard_b
     try:
         # Each written shard is verified, then synced to disk, while the next one is written.
         with ThreadPoolExecutor(1) as verifier:
-            streamed = write(converted, folder, shard_bytes, source,
-                             written=lambda name, keys: checked.append(verifier.submit(_verify_and_sync, folder / name, keys, converted)))
+            def written(name, keys):
+                checked.append(verifier.submit(_verify_and_sync, folder / name, keys, converted))
+                if on_shard:
+                    on_shard(name)
+
+            streamed = write(converted, folder, shard_bytes, source, written=written)
     finally:
         if source:
             source.close()

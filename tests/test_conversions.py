@@ -18,6 +18,7 @@ import converters
 from converters import checks, compat, export, pixels, stream
 from converters.localise import first_divergence
 from fixtures.models import output
+from fixtures.progress import say, step
 
 # Overridable so the harness's own tests can record into a scratch directory.
 EXPECTED_DIR = Path(os.environ.get("VISION_PORT_EXPECTED_DIR", Path(__file__).resolve().parents[1] / "expected_logits"))
