@@ -42,7 +42,8 @@ def test_pretrained_mode_loads_the_cached_original_through_the_real_loader(tmp_p
     assert entry["weights"] == "pretrained" and entry["source"] == ATTO.url
     statuses = {name: c["status"] for name, c in entry["checks"].items()}
     assert statuses == {"key_coverage": "passed", "pixel_values": "passed", "logits": "passed",
-                        "expected_logits": "skipped", "round_trip": "passed", "save_reload": "passed"}
+                        "expected_logits": "skipped", "round_trip": "passed", "save_reload": "passed",
+                        "as_loaded": "passed"}
     assert "COCO image not cached" in entry["checks"]["expected_logits"]["reason"]
     validation = json.loads((tmp_path / "out" / ATTO.id / "validation.json").read_text())
     assert validation["original"]["sha256"] == checkpoint.sha256(cached)
