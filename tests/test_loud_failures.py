@@ -5,6 +5,7 @@ Session finish is driven directly (no subprocess): a HarnessSession on a stand-i
 from __future__ import annotations
 
 import errno
+import re
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -141,3 +142,42 @@ def test_the_report_is_strict_json_non_finite_figures_are_null_with_a_reason(tmp
     assert "Infinity" not in text and "NaN" not in text
     data = json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} in the report"))
     assert data == {"logits": {"max_abs_diff": None, "atol": 1e-5, "non_finite": {"max_abs_diff": "inf"}}, "v": [None, 1.0]}
+
+
+@pytest.mark.parametrize("option", ["save", "report", "checkpoint"])
+def test_a_symlink_loop_is_a_usage_error_naming_the_option_and_path(tmp_path, option):
+    loop = tmp_path / "loop"
+    loop.symlink_to(tmp_path / "loop")
+    value = [f"{ATTO.id}={loop}"] if option == "checkpoint" else str(loop / "x")
+    with pytest.raises(pytest.UsageError, match=rf"--{option} .*{loop}.*not a usable path"):
+        options.parse(Config(**{option: value}))
+
+
+def test_published_records_name_a_local_file_by_name_and_sha256_and_the_card_table_holds(tmp_path):
+    import torch
+
+    from converters import checkpoint, publish
+    from fixtures.originals import from_files
+
+    path = tmp_path / "we`ird|name.pt"
+    torch.save({"model": converters.synthetic_original(ATTO)}, path)
+    original = from_files(ATTO, {None: path}, published=False, sources={None: str(path)})
+    public = original.describe(public=True)
+    sha256 = checkpoint.sha256(path)
+    validation = {"case": ATTO.id, "family": ATTO.family, "model_class": ATTO.model_class, "output": ATTO.output,
+                  "hub_name": ATTO.hub_name, "images": ["x"], "versions": {"torch": torch.__version__}, "original": public,
+                  "checks": {"logits": {"status": "passed", "max_abs_diff": 0.0, "atol": 1e-5, "reason": None},
+                             "expected_logits": {"status": "skipped", "reason": "a | b `c`\nsecond line"}}}
+    card = export.model_card(ATTO, validation).content
+    title, description = publish.commit_message(validation)
+    for published in (json.dumps(public), card, title + description):
+        assert str(tmp_path) not in published
+    assert public["source"] == public["path"] == path.name and public["sha256"] == sha256
+    assert sha256 in card and sha256 in description and "we`ird|name.pt" in description
+    assert original.describe()["path"] == str(path)  # the local report keeps the full path
+    # every table row is one line with the five cells of the header
+    rows = [line for line in card.splitlines() if line.startswith("| ")]
+    cells = [len(re.split(r"(?<!\\)\|", row)) for row in rows]
+    assert len(rows) == 3 and len(set(cells)) == 1, rows
+    assert r"| expected_logits | skipped |  |  | a \| b \`c\`<br>second line |" in card
+    assert "``we`ird|name.pt``" in card
