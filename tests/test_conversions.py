@@ -67,12 +67,19 @@ def test_expected_logits(case, original, hf_model, hf_processor, harness, record
     """On the published weights: the COCO image's logits against expected_logits/<case>.json."""
     record.original(original)
     opts, _ = harness
-    if original.weights != "pretrained":
-        pytest.skip("random weights: expected logits describe the published weights")
     path = EXPECTED_DIR / f"{case.id}.json"
+    if original.weights != "pretrained":
+        if opts.update_expected:
+            pytest.fail(f"{case.id}: --update-expected refused: random weights ({original.source}); {path} is unchanged", pytrace=False)
+        pytest.skip("random weights: expected logits describe the published weights")
     expected = json.loads(path.read_text()) if path.is_file() else None
     recorded = (expected or {}).get("sha256")
-    if not opts.update_expected and not original.published and original.sha256 != recorded:
+    if opts.update_expected and not original.published and original.sha256 != recorded:
+        # records describe the published weights: a local file only if it is that file, byte for byte
+        pytest.fail(f"{case.id}: --update-expected refused: {original.path} is not the published file "
+                    f"({case.url or 'no URL'}) and its sha256 {original.sha256[:12]} is not the recorded one "
+                    f"({(recorded or 'none')[:12]}); {path} is unchanged", pytrace=False)
+    if not original.published and original.sha256 != recorded:
         # a local --checkpoint file: the record describes another file (or none is recorded)
         pytest.skip(f"{original.path} is not the recorded original (sha256 {original.sha256[:12]}, recorded "
                     f"{(recorded or 'none')[:12]}): expected logits describe the published weights")
@@ -108,7 +115,7 @@ def test_save_reload(case, original, hf_processor, pixels, images, harness, reco
     opts, results = harness
     folder = export.staging_dir(opts.save, case.id) if opts.save else tmp_path / case.id
     if opts.save:  # staged even if this check fails: session finish then discards it
-        results.staged[case.id] = (folder, {"original": original.describe(), "images": list(images), "url": case.url})
+        results.staged[case.id] = (folder, {"original": original.describe(public=True), "images": list(images), "url": case.url})
     # streamed: tensor by tensor into shards, each read back and compared with its source
     model = None if case.streamed else request.getfixturevalue("hf_model")
     record.figures(**export.stage(original.case, folder, hf_processor, model=model, original=original.state,
