@@ -64,9 +64,11 @@ def test_pretrained_mode_loads_the_cached_original_through_the_real_loader(tmp_p
     assert f"torch {torch.__version__}" in card and "transformers " in card
 
 
-def test_pretrained_mode_without_weights_skips_saying_how_to_provide_them(tmp_path):
-    result = run_harness(tmp_path, "-k", ATTO.id, "--weights", "pretrained", "--report", str(tmp_path / "r.json"))
-    assert result.returncode == 0, result.stdout[-3000:]
+def test_pretrained_mode_without_weights_skips_saying_how_to_provide_them_and_fails(tmp_path):
+    result = run_harness(tmp_path, "-k", ATTO.id, "--weights", "pretrained", "--report", str(tmp_path / "r.json"), "--save", str(tmp_path / "out"))
+    assert result.returncode == 1, result.stdout[-3000:]  # asked for pretrained weights and a save: nothing converted
+    assert "NOTHING CONVERTED" in result.stdout and "pretrained weights unavailable" in result.stdout
+    assert not (tmp_path / "out" / ATTO.id).exists()
     checks = json.loads((tmp_path / "r.json").read_text())["cases"][ATTO.id]["checks"]
     assert {n for n, c in checks.items() if c["status"] != "skipped"} == {"pixel_values"}  # needs no weights
     reason = checks["logits"]["reason"]
@@ -107,6 +109,12 @@ def test_existing_output_is_never_overwritten(tmp_path):
     assert (existing / "config.json").read_text() == "{}"
 
 
+def test_a_k_typo_selecting_no_case_names_the_closest_case_ids(tmp_path):
+    result = run_harness(tmp_path, "-k", "convnext_atto", "--co")
+    assert result.returncode == 5
+    assert "-k 'convnext_atto' selects no conversion case; closest case ids:" in result.stdout and ATTO.id in result.stdout
+
+
 def test_output_directory_under_a_file_fails_before_any_work(tmp_path):
     (tmp_path / "a_file").write_text("")
     result = run_harness(tmp_path, "-k", ATTO.id, "--save", str(tmp_path / "a_file" / "out"))
@@ -141,11 +149,17 @@ def test_update_expected_records_then_checks_the_published_weights(tmp_path):
     check = json.loads((tmp_path / "r.json").read_text())["cases"][ATTO.id]["checks"]["expected_logits"]
     assert check["status"] == "failed" and abs(check["max_abs_diff"] - 0.5) < 1e-3 and "max abs diff" in check["reason"]
 
-    # A local --checkpoint file with no record for it: the check skips saying why, it is not an error.
-    (expected_dir / f"{ATTO.id}.json").unlink()
+    # --update-expected from a local file that is not the published one: refused, the record untouched.
     other = converters.synthetic_original(ATTO)
     other["head.bias"] += 1
     torch.save({"model": other}, tmp_path / "local.pt")
+    before = (expected_dir / f"{ATTO.id}.json").read_bytes()
+    refused = run_harness(tmp_path, *args, "--update-expected", "--checkpoint", f"{ATTO.id}={tmp_path / 'local.pt'}", env=env)
+    assert refused.returncode == 1 and "--update-expected refused" in refused.stdout and "local.pt" in refused.stdout
+    assert (expected_dir / f"{ATTO.id}.json").read_bytes() == before
+
+    # A local --checkpoint file with no record for it: the check skips saying why, it is not an error.
+    (expected_dir / f"{ATTO.id}.json").unlink()
     local = run_harness(tmp_path, *args, "--checkpoint", f"{ATTO.id}={tmp_path / 'local.pt'}", env=env)
     assert local.returncode == 0, local.stdout[-3000:]
     check = json.loads((tmp_path / "r.json").read_text())["cases"][ATTO.id]["checks"]["expected_logits"]
