@@ -29,7 +29,9 @@ def test_key_coverage(case, original, converted, record):
     record.original(original)
     check = checks.key_coverage(case.id, converted[1])
     record.figures(**check.figures)
-    assert check.ok, check.message
+    hint = None if check.ok else converters.layout_hint(original.case, original.state)
+    first, _, rest = check.message.partition("\n")  # the hint before the list of keys (the report keeps 4000 characters)
+    assert check.ok, f"{first}\nhint: {hint}\n{rest}" if hint else check.message
 
 
 @pytest.mark.check("pixel_values")

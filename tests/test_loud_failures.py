@@ -181,3 +181,18 @@ def test_published_records_name_a_local_file_by_name_and_sha256_and_the_card_tab
     assert len(rows) == 3 and len(set(cells)) == 1, rows
     assert r"| expected_logits | skipped |  |  | a \| b \`c\`<br>second line |" in card
     assert "``we`ird|name.pt``" in card
+
+
+def test_hints_for_the_common_wrong_file():
+    """Another family's file, the right layout under `module.`, a dict holding a non-tensor. The
+    other file is any registry case of another family (generic: none is named here)."""
+    other = next(c for c in converters.cases() if c.family != ATTO.family)
+    hint = converters.layout_hint(ATTO, converters.original_layout(other))
+    assert "matches the layout of" in hint and f"(family {other.family}, 100% of keys alike)" in hint, hint
+    state = converters.synthetic_original(ATTO)
+    assert converters.layout_hint(ATTO, state) is None
+    hint = converters.layout_hint(ATTO, {f"module.{k}": v for k, v in state.items()})
+    assert "extra prefix 'module.'" in hint, hint
+    state["head.bias"] = 3
+    with pytest.raises(TypeError, match=rf"{ATTO.id}: convert .*not tensors: head.bias \(int\)"):
+        converters.convert(ATTO, state)
