@@ -196,3 +196,18 @@ def test_hints_for_the_common_wrong_file():
     state["head.bias"] = 3
     with pytest.raises(TypeError, match=rf"{ATTO.id}: convert .*not tensors: head.bias \(int\)"):
         converters.convert(ATTO, state)
+
+
+def test_a_zip_checkpoint_with_a_flipped_byte_is_refused_by_its_crc(tmp_path):
+    import zipfile
+
+    import torch
+
+    path = tmp_path / "flipped.pt"
+    torch.save({"model": converters.synthetic_original(ATTO)}, path)
+    largest = max(zipfile.ZipFile(path).infolist(), key=lambda info: info.file_size)
+    data = bytearray(path.read_bytes())
+    data[largest.header_offset + 512 + largest.file_size // 2] ^= 0x01  # inside the tensor's bytes
+    path.write_bytes(bytes(data))
+    with pytest.raises(converters.CheckpointError, match=rf"{ATTO.id}: .*flipped.pt: corrupt .*{largest.filename}.*CRC-32"):
+        converters.load_original(ATTO, path)
