@@ -17,7 +17,7 @@ import torch
 import converters
 from converters import checks, compat, export, stream
 from converters.localise import first_divergence
-from fixtures.models import output
+from fixtures.models import float32, output
 
 # Overridable so the harness's own tests can record into a scratch directory.
 EXPECTED_DIR = Path(os.environ.get("VISION_PORT_EXPECTED_DIR", Path(__file__).resolve().parents[1] / "expected_logits"))
@@ -59,7 +59,7 @@ def test_logits(case, original, hf_model, hf_output, oracle_model, pixels, recor
     check = checks.outputs_close(case.id, f"{case.output} vs the oracle", hf_output, reference, case.atol)
     record.figures(**check.figures, images=int(pixels.shape[0]))
     if not check.ok:  # say where: the first module whose output differs
-        where = first_divergence(hf_model, oracle_model, {"pixel_values": pixels[:1]}, (pixels[:1],), case.atol)
+        where = first_divergence(float32(hf_model), oracle_model, {"pixel_values": pixels[:1]}, (pixels[:1],), case.atol)
         record.figures(divergence=where)
         pytest.fail(f"{check.message}\n{where}", pytrace=False)
 
@@ -129,12 +129,14 @@ def test_save_reload(case, original, hf_processor, pixels, images, harness, reco
         record.figures(max_abs_diff=None, atol=None, reason=f"weights verified tensor for tensor, outputs not compared: {too_large}")
         return
 
-    reloaded, info = compat.get_class(original.case.model_class).from_pretrained(folder, output_loading_info=True)
+    # dtype="auto": the saved dtype (fp16, bf16 originals stay so), not float32
+    reloaded, info = compat.get_class(original.case.model_class).from_pretrained(folder, output_loading_info=True, dtype="auto")
     problems = {k: v for k, v in info.items() if v and k != "error_msgs"} | ({"error_msgs": info["error_msgs"]} if info.get("error_msgs") else {})
     assert not problems, f"{case.id}: reloading {folder} reported {problems}"
     saved = request.getfixturevalue("hf_model").state_dict()
     reloaded_state = reloaded.state_dict()
-    changed = sorted(k for k in saved if k not in reloaded_state or not torch.equal(saved[k], reloaded_state[k]))
+    changed = sorted(f"{k} ({saved[k].dtype} -> {reloaded_state[k].dtype})" if k in reloaded_state else k for k in saved
+                     if k not in reloaded_state or saved[k].dtype != reloaded_state[k].dtype or not torch.equal(saved[k], reloaded_state[k]))
     assert not changed, f"{case.id}: tensors changed by save/reload: {', '.join(changed)}"
     expected = request.getfixturevalue("hf_output")
     check = checks.outputs_close(case.id, "reloaded model's output", output(case, reloaded.eval(), pixels), expected, 0.0)

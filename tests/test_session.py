@@ -164,3 +164,34 @@ def test_update_expected_records_then_checks_the_published_weights(tmp_path):
     assert local.returncode == 0, local.stdout[-3000:]
     check = json.loads((tmp_path / "r.json").read_text())["cases"][ATTO.id]["checks"]["expected_logits"]
     assert check["status"] == "skipped" and "not the recorded original" in check["reason"] and "recorded none" in check["reason"]
+
+
+def test_half_precision_originals_convert_keep_their_dtype_and_mixed_dtypes_are_reported_by_key(tmp_path):
+    """fp16 and bf16 originals: forward checks on float32 copies of both models, the saved artifact
+    (weights and config) in the original dtype, reloaded bit for bit; a file of mixed dtypes names its keys."""
+    from safetensors.torch import load_file
+
+    half = {k: v.half() for k, v in converters.synthetic_original(ATTO).items()}
+    torch.save({"model": half}, tmp_path / "fp16.pt")
+    mixed = {k: v.bfloat16() for k, v in converters.synthetic_original(FEMTO).items()}
+    mixed["head.bias"] = mixed["head.bias"].float()
+    torch.save({"model": mixed}, tmp_path / "mixed.pt")
+    out = tmp_path / "out"
+    result = run_harness(
+        tmp_path, "-k", f"{ATTO.id} or {FEMTO.id}", "--report", str(tmp_path / "r.json"), "--save", str(out),
+        "--checkpoint", f"{ATTO.id}={tmp_path / 'fp16.pt'}", "--checkpoint", f"{FEMTO.id}={tmp_path / 'mixed.pt'}",
+    )
+    report = json.loads((tmp_path / "r.json").read_text())
+    atto = report["cases"][ATTO.id]["checks"]
+    assert {n: c["status"] for n, c in atto.items()} == {"key_coverage": "passed", "pixel_values": "passed", "logits": "passed",
+        "expected_logits": "skipped", "round_trip": "passed", "save_reload": "passed"}, result.stdout[-3000:]
+    assert atto["logits"]["max_abs_diff"] <= ATTO.atol and atto["save_reload"]["max_abs_diff"] == 0.0
+    assert json.loads((out / ATTO.id / "config.json").read_text())["dtype"] == "float16"
+    saved = load_file(out / ATTO.id / "model.safetensors")
+    assert {t.dtype for t in saved.values() if t.is_floating_point()} == {torch.float16}
+    # mixed: reported by key at load, and transformers' reload casts the odd key to the config's dtype
+    femto = report["cases"][FEMTO.id]
+    assert any(n.startswith("mixed dtypes: bfloat16 (") and n.endswith("; float32 (1 keys: head.bias)") for n in femto["notes"]), femto
+    assert femto["checks"]["logits"]["status"] == femto["checks"]["round_trip"]["status"] == "passed"
+    assert "classifier.bias (torch.float32 -> torch.bfloat16)" in femto["checks"]["save_reload"]["reason"]
+    assert result.returncode == 1 and not (out / FEMTO.id).exists()
