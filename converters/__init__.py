@@ -26,6 +26,7 @@ _NAMES = {
     "case": ("Case",),
     "checkpoint": ("CheckpointError",),
     "plan": ("Coverage", "Plan"),
+    "diagnose": ("layout_hint",),
 }
 _WHERE = {name: module for module, names in _NAMES.items() for name in names}
 

@@ -88,6 +88,7 @@ def as_loaded(case, folder, oracle, source_transform, photographs: dict) -> Chec
         loaded = load_as_users_do(folder, case)
     except (LoadError, OSError, ValueError) as e:
         return Check(False, str(e), {"max_abs_diff": None, "atol": None})
+    loaded.model.float()  # half-precision weights: compared in float32, as every forward check
     images = list(photographs.values())
     reference_pixels = torch.stack([source_transform(image.convert("RGB")) for image in images])
     with torch.inference_mode():

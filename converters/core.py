@@ -46,13 +46,21 @@ def plan_of(case: Case) -> Plan:
     return family_of(case).plan(case)
 
 
+def _tensors_only(case: Case, state: Mapping, what: str) -> None:
+    wrong = [f"{k} ({type(v).__name__})" for k, v in state.items() if not isinstance(v, torch.Tensor)]
+    if wrong:
+        raise TypeError(f"{case.id}: {what} takes a state dict of tensors; not tensors: {', '.join(wrong[:20])}")
+
+
 def convert(case: Case, original: Mapping[str, torch.Tensor]):
     """Original state dict -> (transformers state dict, coverage report against the target)."""
+    _tensors_only(case, original, "convert")
     return plan_of(case).forwards(original, target=target_layout(case))
 
 
 def revert(case: Case, converted: Mapping[str, torch.Tensor]):
     """Transformers state dict -> (original state dict, coverage report against the original layout)."""
+    _tensors_only(case, converted, "revert")
     return plan_of(case).backwards(converted, target=original_layout(case))
 
 

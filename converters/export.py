@@ -7,8 +7,10 @@ reader (or a crash) never sees a half-written output, and an existing output is 
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -51,9 +53,26 @@ def remove_stale_staging(parent: Path) -> list[Path]:
 
 
 def write_json(path: Path, data) -> None:
+    """Written whole or not at all: a failure (ENOSPC, a directory in the way) leaves no temporary file."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(strict_json(data), indent=2, sort_keys=False, allow_nan=False) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def strict_json(value):
+    """NaN and Infinity are not JSON: a non-finite figure becomes null, and the mapping holding it
+    says under "non_finite" what it was."""
+    if isinstance(value, dict):
+        non_finite = {k: repr(v) for k, v in value.items() if isinstance(v, float) and not math.isfinite(v)}
+        out = {k: None if k in non_finite else strict_json(v) for k, v in value.items()}
+        return out | ({"non_finite": non_finite} if non_finite else {})
+    if isinstance(value, (list, tuple)):
+        return [None if isinstance(v, float) and not math.isfinite(v) else strict_json(v) for v in value]
+    return value
 
 
 def publish(staging: Path, final: Path) -> Path:
@@ -206,7 +225,7 @@ def model_card(case, validation: dict):
     divergences = "".join(f"\n> **Differs from the original evaluation ({what}).** {text}\n" for what, text in (
         ("preprocessing", case.pixel_divergence), ("outputs", case.output_divergence)) if text)
     rows = "\n".join(
-        f"| {name} | {c['status']} | {_fmt(c.get('max_abs_diff'))} | {_fmt(c.get('atol'))} | {c.get('reason') or ''} |"
+        f"| {_cell(name)} | {_cell(c['status'])} | {_fmt(c.get('max_abs_diff'))} | {_fmt(c.get('atol'))} | {_cell(c.get('reason') or '')} |"
         for name, c in validation["checks"].items()
     )
     body = f"""---
@@ -215,7 +234,7 @@ def model_card(case, validation: dict):
 
 # {case.hub_name}
 {warning}
-{_terms(provenance)}Converted from the original checkpoint `{_shown(original['source'])}` ({case.family}) to
+{_terms(provenance)}Converted from the original checkpoint {_code(_shown(original['source']))}{_sha(validation)} ({case.family}) to
 `{case.model_class}` and validated by the conversion harness.
 {divergences}
 ## Original weights
@@ -331,6 +350,24 @@ def _citation(provenance) -> str:
     lines = [f"- {title}, [arXiv:{arxiv}](https://arxiv.org/abs/{arxiv})" for arxiv, title in provenance.papers.items()]
     data = [*provenance.datasets, *provenance.unlisted_data]
     return "\n".join(lines) + f"\n\nOriginal repository: {provenance.repository}. Training data: {'; '.join(data)}."
+
+
+def _cell(text: str) -> str:
+    """Text for one cell of a markdown table: a `|`, a backtick or a newline would break the table."""
+    return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("`", "\\`").replace("\r", "").replace("\n", "<br>")
+
+
+def _code(text: str) -> str:
+    """Inline code holding any text on one line: its fence is longer than any run of backticks in it."""
+    text = " ".join(str(text).splitlines())
+    fence = "`" * (max((len(run) for run in re.findall("`+", text)), default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
+def _sha(validation: dict) -> str:
+    sha256 = validation["original"].get("sha256")
+    return f" (sha256 `{sha256}`)" if sha256 else ""
 
 
 def _fmt(value) -> str:

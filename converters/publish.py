@@ -121,7 +121,8 @@ def commit_message(validation: dict) -> tuple[str, str]:
             if check.get("atol") is not None:
                 line += f" (tolerance {check['atol']:.3g})"
         lines.append(line)
-    description = (f"Converted from {validation['original']['source']} to {validation['model_class']} "
+    sha256 = validation["original"].get("sha256")
+    description = (f"Converted from {validation['original']['source']}{f' (sha256 {sha256})' if sha256 else ''} to {validation['model_class']} "
                    f"and validated by the vision port harness (see validation.json):\n" + "\n".join(lines))
     return title, description
 

@@ -17,8 +17,7 @@ import torch
 import converters
 from converters import checks, compat, export, pixels, stream
 from converters.localise import first_divergence
-from fixtures.models import output
-from fixtures.progress import say, step
+from fixtures.models import float32, output
 
 # Overridable so the harness's own tests can record into a scratch directory.
 EXPECTED_DIR = Path(os.environ.get("VISION_PORT_EXPECTED_DIR", Path(__file__).resolve().parents[1] / "expected_logits"))
@@ -30,7 +29,9 @@ def test_key_coverage(case, original, converted, record):
     record.original(original)
     check = checks.key_coverage(case.id, converted[1])
     record.figures(**check.figures)
-    assert check.ok, check.message
+    hint = None if check.ok else converters.layout_hint(original.case, original.state)
+    first, _, rest = check.message.partition("\n")  # the hint before the list of keys (the report keeps 4000 characters)
+    assert check.ok, f"{first}\nhint: {hint}\n{rest}" if hint else check.message
 
 
 @pytest.mark.check("pixel_values")
@@ -100,7 +101,7 @@ def test_logits(case, original, hf_model, hf_output, oracle_model, pixels, recor
     check = checks.outputs_close(case.id, f"{case.output} vs the oracle", hf_output, reference, case.atol)
     record.figures(**check.figures, images=int(pixels.shape[0]))
     if not check.ok:  # say where: the first module whose output differs
-        where = first_divergence(hf_model, oracle_model, {"pixel_values": pixels[:1]}, (pixels[:1],), case.atol)
+        where = first_divergence(float32(hf_model), oracle_model, {"pixel_values": pixels[:1]}, (pixels[:1],), case.atol)
         record.figures(divergence=where)
         pytest.fail(f"{check.message}\n{where}", pytrace=False)
 
@@ -110,12 +111,19 @@ def test_expected_logits(case, original, hf_model, hf_processor, harness, record
     """On the published weights: the COCO image's logits against expected_logits/<case>.json."""
     record.original(original)
     opts, _ = harness
-    if original.weights != "pretrained":
-        pytest.skip("random weights: expected logits describe the published weights")
     path = EXPECTED_DIR / f"{case.id}.json"
+    if original.weights != "pretrained":
+        if opts.update_expected:
+            pytest.fail(f"{case.id}: --update-expected refused: random weights ({original.source}); {path} is unchanged", pytrace=False)
+        pytest.skip("random weights: expected logits describe the published weights")
     expected = json.loads(path.read_text()) if path.is_file() else None
     recorded = (expected or {}).get("sha256")
-    if not opts.update_expected and not original.published and original.sha256 != recorded:
+    if opts.update_expected and not original.published and original.sha256 != recorded:
+        # records describe the published weights: a local file only if it is that file, byte for byte
+        pytest.fail(f"{case.id}: --update-expected refused: {original.path} is not the published file "
+                    f"({case.url or 'no URL'}) and its sha256 {original.sha256[:12]} is not the recorded one "
+                    f"({(recorded or 'none')[:12]}); {path} is unchanged", pytrace=False)
+    if not original.published and original.sha256 != recorded:
         # a local --checkpoint file: the record describes another file (or none is recorded)
         pytest.skip(f"{original.path} is not the recorded original (sha256 {original.sha256[:12]}, recorded "
                     f"{(recorded or 'none')[:12]}): expected logits describe the published weights")
@@ -157,12 +165,14 @@ def test_save_reload(case, original, hf_processor, pixels, images, saved_folder,
         record.figures(max_abs_diff=None, atol=None, reason=f"weights verified tensor for tensor, outputs not compared: {too_large}")
         return
 
-    reloaded, info = compat.get_class(original.case.model_class).from_pretrained(folder, output_loading_info=True)
+    # dtype="auto": the saved dtype (fp16, bf16 originals stay so), not float32
+    reloaded, info = compat.get_class(original.case.model_class).from_pretrained(folder, output_loading_info=True, dtype="auto")
     problems = {k: v for k, v in info.items() if v and k != "error_msgs"} | ({"error_msgs": info["error_msgs"]} if info.get("error_msgs") else {})
     assert not problems, f"{case.id}: reloading {folder} reported {problems}"
     saved = request.getfixturevalue("hf_model").state_dict()
     reloaded_state = reloaded.state_dict()
-    changed = sorted(k for k in saved if k not in reloaded_state or not torch.equal(saved[k], reloaded_state[k]))
+    changed = sorted(f"{k} ({saved[k].dtype} -> {reloaded_state[k].dtype})" if k in reloaded_state else k for k in saved
+                     if k not in reloaded_state or saved[k].dtype != reloaded_state[k].dtype or not torch.equal(saved[k], reloaded_state[k]))
     assert not changed, f"{case.id}: tensors changed by save/reload: {', '.join(changed)}"
     expected = request.getfixturevalue("hf_output")
     check = checks.outputs_close(case.id, "reloaded model's output", output(case, reloaded.eval(), pixels), expected, 0.0)

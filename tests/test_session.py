@@ -65,9 +65,11 @@ def test_pretrained_mode_loads_the_cached_original_through_the_real_loader(tmp_p
     assert f"torch {torch.__version__}" in card and "transformers " in card
 
 
-def test_pretrained_mode_without_weights_skips_saying_how_to_provide_them(tmp_path):
-    result = run_harness(tmp_path, "-k", ATTO.id, "--weights", "pretrained", "--report", str(tmp_path / "r.json"))
-    assert result.returncode == 0, result.stdout[-3000:]
+def test_pretrained_mode_without_weights_skips_saying_how_to_provide_them_and_fails(tmp_path):
+    result = run_harness(tmp_path, "-k", ATTO.id, "--weights", "pretrained", "--report", str(tmp_path / "r.json"), "--save", str(tmp_path / "out"))
+    assert result.returncode == 1, result.stdout[-3000:]  # asked for pretrained weights and a save: nothing converted
+    assert "NOTHING CONVERTED" in result.stdout and "pretrained weights unavailable" in result.stdout
+    assert not (tmp_path / "out" / ATTO.id).exists()
     checks = json.loads((tmp_path / "r.json").read_text())["cases"][ATTO.id]["checks"]
     assert {n for n, c in checks.items() if c["status"] != "skipped"} == {"pixel_values"}  # needs no weights
     reason = checks["logits"]["reason"]
@@ -108,6 +110,12 @@ def test_existing_output_is_never_overwritten(tmp_path):
     assert (existing / "config.json").read_text() == "{}"
 
 
+def test_a_k_typo_selecting_no_case_names_the_closest_case_ids(tmp_path):
+    result = run_harness(tmp_path, "-k", "convnext_atto", "--co")
+    assert result.returncode == 5
+    assert "-k 'convnext_atto' selects no conversion case; closest case ids:" in result.stdout and ATTO.id in result.stdout
+
+
 def test_output_directory_under_a_file_fails_before_any_work(tmp_path):
     (tmp_path / "a_file").write_text("")
     result = run_harness(tmp_path, "-k", ATTO.id, "--save", str(tmp_path / "a_file" / "out"))
@@ -142,12 +150,49 @@ def test_update_expected_records_then_checks_the_published_weights(tmp_path):
     check = json.loads((tmp_path / "r.json").read_text())["cases"][ATTO.id]["checks"]["expected_logits"]
     assert check["status"] == "failed" and abs(check["max_abs_diff"] - 0.5) < 1e-3 and "max abs diff" in check["reason"]
 
-    # A local --checkpoint file with no record for it: the check skips saying why, it is not an error.
-    (expected_dir / f"{ATTO.id}.json").unlink()
+    # --update-expected from a local file that is not the published one: refused, the record untouched.
     other = converters.synthetic_original(ATTO)
     other["head.bias"] += 1
     torch.save({"model": other}, tmp_path / "local.pt")
+    before = (expected_dir / f"{ATTO.id}.json").read_bytes()
+    refused = run_harness(tmp_path, *args, "--update-expected", "--checkpoint", f"{ATTO.id}={tmp_path / 'local.pt'}", env=env)
+    assert refused.returncode == 1 and "--update-expected refused" in refused.stdout and "local.pt" in refused.stdout
+    assert (expected_dir / f"{ATTO.id}.json").read_bytes() == before
+
+    # A local --checkpoint file with no record for it: the check skips saying why, it is not an error.
+    (expected_dir / f"{ATTO.id}.json").unlink()
     local = run_harness(tmp_path, *args, "--checkpoint", f"{ATTO.id}={tmp_path / 'local.pt'}", env=env)
     assert local.returncode == 0, local.stdout[-3000:]
     check = json.loads((tmp_path / "r.json").read_text())["cases"][ATTO.id]["checks"]["expected_logits"]
     assert check["status"] == "skipped" and "not the recorded original" in check["reason"] and "recorded none" in check["reason"]
+
+
+def test_half_precision_originals_convert_keep_their_dtype_and_mixed_dtypes_are_reported_by_key(tmp_path):
+    """fp16 and bf16 originals: forward checks on float32 copies of both models, the saved artifact
+    (weights and config) in the original dtype, reloaded bit for bit; a file of mixed dtypes names its keys."""
+    from safetensors.torch import load_file
+
+    half = {k: v.half() for k, v in converters.synthetic_original(ATTO).items()}
+    torch.save({"model": half}, tmp_path / "fp16.pt")
+    mixed = {k: v.bfloat16() for k, v in converters.synthetic_original(FEMTO).items()}
+    mixed["head.bias"] = mixed["head.bias"].float()
+    torch.save({"model": mixed}, tmp_path / "mixed.pt")
+    out = tmp_path / "out"
+    result = run_harness(
+        tmp_path, "-k", f"{ATTO.id} or {FEMTO.id}", "--report", str(tmp_path / "r.json"), "--save", str(out),
+        "--checkpoint", f"{ATTO.id}={tmp_path / 'fp16.pt'}", "--checkpoint", f"{FEMTO.id}={tmp_path / 'mixed.pt'}",
+    )
+    report = json.loads((tmp_path / "r.json").read_text())
+    atto = report["cases"][ATTO.id]["checks"]
+    assert {n: c["status"] for n, c in atto.items()} == {"key_coverage": "passed", "pixel_values": "passed", "logits": "passed",
+        "expected_logits": "skipped", "round_trip": "passed", "save_reload": "passed"}, result.stdout[-3000:]
+    assert atto["logits"]["max_abs_diff"] <= ATTO.atol and atto["save_reload"]["max_abs_diff"] == 0.0
+    assert json.loads((out / ATTO.id / "config.json").read_text())["dtype"] == "float16"
+    saved = load_file(out / ATTO.id / "model.safetensors")
+    assert {t.dtype for t in saved.values() if t.is_floating_point()} == {torch.float16}
+    # mixed: reported by key at load, and transformers' reload casts the odd key to the config's dtype
+    femto = report["cases"][FEMTO.id]
+    assert any(n.startswith("mixed dtypes: bfloat16 (") and n.endswith("; float32 (1 keys: head.bias)") for n in femto["notes"]), femto
+    assert femto["checks"]["logits"]["status"] == femto["checks"]["round_trip"]["status"] == "passed"
+    assert "classifier.bias (torch.float32 -> torch.bfloat16)" in femto["checks"]["save_reload"]["reason"]
+    assert result.returncode == 1 and not (out / FEMTO.id).exists()
