@@ -291,7 +291,7 @@ def _weights(case, provenance, original: dict) -> str:
     lines = ["| file | published at | sha256 |", "|---|---|---|"]
     for f in original["files"]:  # the file name only: a local path says nothing to a reader of the Hub
         url = f["source"] if str(f["source"]).startswith(("http://", "https://")) else published.get(f["part"])
-        lines.append(f"| {os.path.basename(f['path'])} | {f'`{url}`' if url else '-'} | `{f['sha256']}` |")
+        lines.append(f"| {_cell(os.path.basename(f['path']))} | {_code(url) if url else '-'} | `{f['sha256']}` |")
     return "\n".join(lines)
 
 

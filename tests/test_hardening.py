@@ -169,7 +169,7 @@ def test_parallel_workers_save_and_push_each_passed_case_exactly_once(hub_server
     # Exactly the passed cases, each once: no second folder, no staging left by a second worker.
     assert sorted(p.name for p in out.iterdir()) == sorted(c.id for c in cases)
     for case in cases:
-        assert len(report["cases"][case.id]["checks"]) == (ROOT / "tests" / "test_conversions.py").read_text().count("@pytest.mark.check(")
+        assert len(report["cases"][case.id]["checks"]) == (ROOT / "tests" / "test_conversions.py").read_text().count("\n@pytest.mark.check(")
         assert report["saved"][case.id] == str(out / case.id)
         assert json.loads((out / case.id / "validation.json").read_text())["case"] == case.id
         repo = hub.repos[f"org/{case.hub_name}"]

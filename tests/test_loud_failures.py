@@ -175,10 +175,12 @@ def test_published_records_name_a_local_file_by_name_and_sha256_and_the_card_tab
     assert public["source"] == public["path"] == path.name and public["sha256"] == sha256
     assert sha256 in card and sha256 in description and "we`ird|name.pt" in description
     assert original.describe()["path"] == str(path)  # the local report keeps the full path
-    # every table row is one line with the five cells of the header
-    rows = [line for line in card.splitlines() if line.startswith("| ")]
-    cells = [len(re.split(r"(?<!\\)\|", row)) for row in rows]
-    assert len(rows) == 3 and len(set(cells)) == 1, rows
+    # every row of each table is one line with the cells of its header
+    for section, count in (("## Original weights", 2), ("## Validation", 3)):
+        table = card.split(section)[1].split("\n## ")[0]
+        rows = [line for line in table.splitlines() if line.startswith("| ")]
+        cells = [len(re.split(r"(?<!\\)\|", row)) for row in rows]
+        assert len(rows) == count and len(set(cells)) == 1, rows
     assert r"| expected_logits | skipped |  |  | a \| b \`c\`<br>second line |" in card
     assert "``we`ird|name.pt``" in card
 

@@ -59,7 +59,7 @@ def test_conversion_mark_selects_the_case_checks_not_harness_tests_of_that_name(
     cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--co", "-q", "tests/test_conversions.py",
            "tests/test_resnet.py", "-k", "resnet50", "-m", "conversion"]
     ids = [line for line in subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120).stdout.splitlines() if "::" in line]
-    checks = (ROOT / "tests" / "test_conversions.py").read_text().count("@pytest.mark.check(")
+    checks = (ROOT / "tests" / "test_conversions.py").read_text().count("\n@pytest.mark.check(")
     assert len(ids) == checks and all(line.startswith("tests/test_conversions.py::") and line.endswith("[resnet50]") for line in ids), ids
 
 
