@@ -80,11 +80,11 @@ def load(
     if not_tensors:
         hint = f" (expected the weights under one of {list(unwrap)})" if unwrap else ""
         raise CheckpointError(case_id, path, f"entries that are not tensors: {', '.join(not_tensors[:20])}{hint}")
-    if not mmap:  # a memory-mapped (streamed, 40 GB) file is not read whole here
-        non_finite = sorted(k for k, v in obj.items() if not _finite(v))
-        if non_finite:  # the checks would compare NaN with NaN and point the wrong way
-            raise CheckpointError(case_id, path, f"non-finite values (NaN or Inf) in {len(non_finite)} tensors: "
-                                                 f"{', '.join(non_finite)}")
+    # Memory-mapped (streamed) files too: the scan reads file-backed pages, no anonymous memory.
+    non_finite = sorted(k for k, v in obj.items() if not _finite(v))
+    if non_finite:  # the checks would compare NaN with NaN and point the wrong way
+        raise CheckpointError(case_id, path, f"non-finite values (NaN or Inf) in {len(non_finite)} tensors: "
+                                             f"{', '.join(non_finite)}")
     loaded.state = dict(obj)
     return loaded
 

@@ -74,6 +74,11 @@ def unsupported(case) -> str | None:
     return None
 
 
+def set_config_dtype(config, dtype: torch.dtype) -> None:
+    """The dtype a config records for its weights: 5.x calls the field `dtype`, 4.x `torch_dtype`."""
+    setattr(config, "dtype" if MAJOR >= 5 else "torch_dtype", dtype)
+
+
 def no_init_weights():
     """Skip random initialisation (every weight is overwritten by the conversion; 4.57's
     ViTHybrid `_init_weights` even crashes on its None mask_token)."""

@@ -222,8 +222,8 @@ def model_card(case, validation: dict):
     )
     warning = ("\n> **Random weights.** This folder was converted from a synthetic checkpoint with random "
                "tensors to test the conversion; it is not a usable model.\n") if random else ""
-    divergences = "".join(f"\n> **Differs from the original evaluation ({what}).** {text}\n" for what, text in (
-        ("preprocessing", case.pixel_divergence), ("outputs", case.output_divergence)) if text)
+    notice = divergence_notice(case, validation)
+    divergences = f"\n{notice}\n" if notice else ""
     rows = "\n".join(
         f"| {_cell(name)} | {_cell(c['status'])} | {_fmt(c.get('max_abs_diff'))} | {_fmt(c.get('atol'))} | {_cell(c.get('reason') or '')} |"
         for name, c in validation["checks"].items()

@@ -23,6 +23,7 @@ from typing import Mapping
 
 import torch
 
+from . import compat
 from .case import Case
 from .metrics import max_abs_diff
 
@@ -235,6 +236,9 @@ def save(case: Case, original: Mapping[str, torch.Tensor], folder: Path, shard_b
     folder.mkdir(parents=True, exist_ok=True)
     config = build_config(case)
     config.architectures = [case.model_class]
+    floating = {t.dtype for t in converted.values() if t.is_floating_point()}
+    if len(floating) == 1:  # the weights' dtype, kept (fp16/bf16 originals stay so), as save_pretrained records it
+        compat.set_config_dtype(config, floating.pop())
     config.save_pretrained(folder)
     source = SourceFile(source_path, original) if source_path else None
     checked = []

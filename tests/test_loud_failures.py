@@ -134,6 +134,8 @@ def test_non_finite_tensors_are_refused_at_load_naming_every_key(tmp_path):
         converters.load_original(ATTO, tmp_path / "nan.pt")
     assert ATTO.id in str(e.value) and "nan.pt" in str(e.value)
     assert "downsample_layers.0.0.weight, head.bias" in str(e.value) and "2 tensors" in str(e.value)
+    with pytest.raises(converters.CheckpointError, match="non-finite values .* in 2 tensors"):  # streamed cases' path
+        converters.load_original(ATTO, tmp_path / "nan.pt", mmap=True)
 
 
 def test_the_report_is_strict_json_non_finite_figures_are_null_with_a_reason(tmp_path):
@@ -213,3 +215,20 @@ def test_a_zip_checkpoint_with_a_flipped_byte_is_refused_by_its_crc(tmp_path):
     path.write_bytes(bytes(data))
     with pytest.raises(converters.CheckpointError, match=rf"{ATTO.id}: .*flipped.pt: corrupt .*{largest.filename}.*CRC-32"):
         converters.load_original(ATTO, path)
+
+
+def test_a_half_precision_streamed_save_keeps_its_dtype_in_the_shards_and_the_config(tmp_path):
+    """Streamed cases (memory-mapped originals, written shard by shard) keep fp16 too."""
+    import json
+
+    import torch
+
+    from converters import stream
+
+    case = next(c for c in converters.cases() if c.streamed).for_random_weights()
+    half = {k: v.half() if v.is_floating_point() else v for k, v in converters.synthetic_original(case).items()}
+    streamed = stream.save(case, half, tmp_path / "out", shard_bytes=1 << 20)
+    assert len(streamed.files) > 1
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config.get("dtype", config.get("torch_dtype")) == "float16"  # 4.x names the field torch_dtype
+    assert not stream.verify(tmp_path / "out", converters.convert(case, half)[0])
