@@ -328,7 +328,7 @@ print(outputs.{case.output}.shape)
 def _as_loaded(validation: dict) -> str:
     """One sentence with what the as_loaded check measured: the default processor's effect, and the PIL path's."""
     figures = validation["checks"].get("as_loaded", {})
-    paths = {p: figures[p] for p in ("default", "pil") if isinstance(figures.get(p), dict)}
+    paths = {p: figures[p] for p in ("default", "pil") if isinstance(figures.get(p), dict) and "max_abs_diff" in figures[p]}
     if "default" not in paths:
         return ""
 
