@@ -62,6 +62,17 @@ def is_pil_processor(processor) -> bool:
     return name.endswith("Pil") if MAJOR >= 5 else not name.endswith("Fast")
 
 
+def module_of(name: str) -> str:
+    """Where a transformers class is imported from: the top level, or the module that kept it."""
+    return _MOVED[name][0] if name in _MOVED else "transformers"
+
+
+def auto_loadable(config_class: str) -> bool:
+    """Do the Auto classes know this model? The deprecated ones kept in _MOVED are not in 4.57.6's
+    Auto mappings (measured: AutoConfig raises on model type `vit-hybrid`): load them by class."""
+    return config_class not in _MOVED
+
+
 def unsupported(case) -> str | None:
     """Why the installed transformers cannot run `case` (its config, model or image processor
     class is missing), or None when it can. The harness turns the reason into a skip."""

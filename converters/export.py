@@ -139,7 +139,11 @@ def load_as_users_do(folder: Path, case) -> AsLoaded:
     from . import compat
 
     folder = Path(folder)
-    config = transformers.AutoConfig.from_pretrained(folder)
+    try:
+        config = transformers.AutoConfig.from_pretrained(folder)
+    except (ValueError, KeyError, OSError) as e:
+        raise LoadError(f"{case.id}: {folder / 'config.json'}: AutoConfig cannot load it (field model_type): "
+                        f"{type(e).__name__}: {str(e).splitlines()[0][:300]}") from None
     if type(config).__name__ != case.config_class:
         raise LoadError(f"{case.id}: {folder / 'config.json'}: model_type {config.model_type!r} loads "
                         f"{type(config).__name__}, the case declares {case.config_class}")
@@ -313,6 +317,20 @@ def _usage(case, family, task: str) -> str:
         pil = (f"# {case.model_class} is in transformers {', '.join(family.transformers_lines)} only (not 5.x);\n"
                "# use_fast=False loads the PIL image processor, as validated.\n"
                "processor = AutoImageProcessor.from_pretrained(repo, use_fast=False)")
+    from . import compat
+
+    if not compat.auto_loadable(case.config_class):  # deprecated: the Auto classes do not know it
+        return f"""```python
+from PIL import Image
+from {compat.module_of(case.config_class)} import {case.model_class}, {case.processor_class}
+
+repo = "ORG/{case.hub_name}"  # this repository's id on the Hub, or the path of this folder
+# transformers {', '.join(family.transformers_lines)} only; its Auto classes do not know this deprecated model type
+processor = {case.processor_class}.from_pretrained(repo)
+model = {case.model_class}.from_pretrained(repo)
+outputs = model(**processor(images=Image.open("image.jpg").convert("RGB"), return_tensors="pt"))
+print(outputs.{case.output}.shape)
+```"""
     return f"""```python
 from PIL import Image
 from transformers import AutoImageProcessor, {auto}
