@@ -197,3 +197,18 @@ def test_half_precision_originals_convert_keep_their_dtype_and_mixed_dtypes_are_
     assert femto["checks"]["logits"]["status"] == femto["checks"]["round_trip"]["status"] == "passed"
     assert "classifier.bias (torch.float32 -> torch.bfloat16)" in femto["checks"]["save_reload"]["reason"]
     assert result.returncode == 1 and not (out / FEMTO.id).exists()
+
+
+def test_a_case_temporary_save_is_removed_when_its_checks_are_done(tmp_path):
+    """Without --save, every case's save/reload folder is a full model (convnextv2_huge: 2.6 GB); kept to
+    the end, one default run held 7.5 GB of them and filled a CI disk."""
+    basetemp = tmp_path / "basetemp"  # a given basetemp is never cleaned by pytest itself
+    result = run_harness(tmp_path, "-k", f"{ATTO.id} or {FEMTO.id}", "--weights", "random", "--basetemp", str(basetemp),
+                         "--report", str(tmp_path / "r.json"))
+    assert result.returncode == 0, result.stdout[-3000:]
+    report = json.loads((tmp_path / "r.json").read_text())
+    for case in (ATTO, FEMTO):  # the folder was written and read back before it went
+        assert report["cases"][case.id]["checks"]["save_reload"]["status"] == "passed"
+        assert report["cases"][case.id]["checks"]["as_loaded"]["status"] == "passed"
+    left = sorted(str(p.relative_to(basetemp)) for p in basetemp.rglob("*") if p.is_file())
+    assert left == [], f"left under --basetemp after the run: {left}"
