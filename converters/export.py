@@ -251,7 +251,7 @@ def model_card(case, validation: dict):
 
 ## Usage
 
-{_usage(case, family, task)}
+{_usage(case, family, task, validation.get("repo_id"))}
 {_as_loaded(validation)}
 
 ## Validation
@@ -307,7 +307,13 @@ def _licence(provenance) -> str:
             f"in {provenance.repository}. The conversion does not change the terms of the original weights.")
 
 
-def _usage(case, family, task: str) -> str:
+def _repo_line(case, repo_id: str | None) -> str:
+    if repo_id:  # pushed: the id it was pushed to
+        return f'repo = "{repo_id}"  # or the path of a local copy of this folder'
+    return f'repo = "ORG/{case.hub_name}"  # the Hub id this folder is pushed to, or its local path'
+
+
+def _usage(case, family, task: str, repo_id: str | None = None) -> str:
     auto = "AutoModelForImageClassification" if task == "image-classification" else "AutoModel"
     if any(line.startswith(">=5") for line in family.transformers_lines):
         pil = ("# The PIL image processor, as validated: transformers 5.x loads a torchvision-based one by default,\n"
@@ -324,7 +330,7 @@ def _usage(case, family, task: str) -> str:
 from PIL import Image
 from {compat.module_of(case.config_class)} import {case.model_class}, {case.processor_class}
 
-repo = "ORG/{case.hub_name}"  # this repository's id on the Hub, or the path of this folder
+{_repo_line(case, repo_id)}
 # transformers {', '.join(family.transformers_lines)} only; its Auto classes do not know this deprecated model type
 processor = {case.processor_class}.from_pretrained(repo)
 model = {case.model_class}.from_pretrained(repo)
@@ -335,7 +341,7 @@ print(outputs.{case.output}.shape)
 from PIL import Image
 from transformers import AutoImageProcessor, {auto}
 
-repo = "ORG/{case.hub_name}"  # this repository's id on the Hub, or the path of this folder
+{_repo_line(case, repo_id)}
 {pil}
 model = {auto}.from_pretrained(repo)
 outputs = model(**processor(images=Image.open("image.jpg").convert("RGB"), return_tensors="pt"))

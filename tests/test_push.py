@@ -117,6 +117,7 @@ def test_push_publishes_each_passed_case_in_one_commit_and_never_a_failed_one(hu
         assert report["pushed"][case.id] == {"repo": repo.repo_id, "url": f"{hub.endpoint}/{repo.repo_id}", "commit": head.oid}
         assert f"{case.id} pushed to {hub.endpoint}/{repo.repo_id} (commit {head.oid[:12]})" in result.stdout
         assert report["saved"][case.id] == str(folder)
+        assert f'repo = "{repo.repo_id}"' in (folder / "README.md").read_text()  # the card's snippet names where it went
     assert "not pushed (not saved" in result.stdout
 
     # Back from the endpoint: the same tensors, the same model, the same preprocessing.
