@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
+import importlib
+import pkgutil
 
 import torch
 import transformers
@@ -14,25 +15,28 @@ class Unsupported(RuntimeError):
     """The installed transformers cannot run this case (e.g. a model removed in 5.x)."""
 
 
-# Classes that left the top-level namespace: name -> (module that kept it, last release with it).
-_MOVED = {
-    "ViTHybridConfig": ("transformers.models.deprecated.vit_hybrid", "4.57.6"),
-    "ViTHybridForImageClassification": ("transformers.models.deprecated.vit_hybrid", "4.57.6"),
-    "ViTHybridImageProcessor": ("transformers.models.deprecated.vit_hybrid", "4.57.6"),
-}
+def _deprecated_module(name: str) -> str | None:
+    """The module under transformers.models.deprecated that keeps class `name` (4.x keeps models it
+    deprecated there, out of the top-level namespace; 5.x removed them), or None."""
+    try:
+        deprecated = importlib.import_module("transformers.models.deprecated")
+    except ImportError:
+        return None
+    for found in pkgutil.iter_modules(deprecated.__path__):
+        module = f"{deprecated.__name__}.{found.name}"
+        if hasattr(importlib.import_module(module), name):
+            return module
+    return None
 
 
 def get_class(name: str):
     """A transformers class by name, wherever this release keeps it."""
     if hasattr(transformers, name):
         return getattr(transformers, name)
-    if name in _MOVED:
-        module, last = _MOVED[name]
-        try:
-            return getattr(__import__(module, fromlist=[name]), name)
-        except (ImportError, AttributeError):
-            raise Unsupported(f"{name} is not in transformers {transformers.__version__}; the last release with it is {last}") from None
-    raise Unsupported(f"{name} is not in transformers {transformers.__version__}")
+    module = _deprecated_module(name)
+    if module is None:
+        raise Unsupported(f"{name} is not in transformers {transformers.__version__}")
+    return getattr(importlib.import_module(module), name)
 
 
 def image_processor_class(name: str):
@@ -63,14 +67,20 @@ def is_pil_processor(processor) -> bool:
 
 
 def module_of(name: str) -> str:
-    """Where a transformers class is imported from: the top level, or the module that kept it."""
-    return _MOVED[name][0] if name in _MOVED else "transformers"
+    """Where a transformers class is imported from: the top level, or the deprecated module that kept it."""
+    return "transformers" if hasattr(transformers, name) else (_deprecated_module(name) or "transformers")
 
 
 def auto_loadable(config_class: str) -> bool:
-    """Do the Auto classes know this model? The deprecated ones kept in _MOVED are not in 4.57.6's
-    Auto mappings (measured: AutoConfig raises on model type `vit-hybrid`): load them by class."""
-    return config_class not in _MOVED
+    """Do the Auto classes know this model? Not every deprecated one (measured on 4.57.6:
+    ViT-hybrid's model type `vit-hybrid` is not a key of the Auto mapping, so AutoConfig raises):
+    those are loaded by class."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    try:
+        return get_class(config_class).model_type in CONFIG_MAPPING
+    except Unsupported:
+        return False
 
 
 def unsupported(case) -> str | None:
@@ -81,7 +91,9 @@ def unsupported(case) -> str | None:
         get_class(case.model_class)
         image_processor_class(case.processor_class)
     except Unsupported as e:
-        return f"{case.id}: {e}"
+        from .registry import family_of
+
+        return f"{case.id}: {e}; the family runs on transformers {', '.join(family_of(case).transformers_lines)}"
     return None
 
 
