@@ -14,6 +14,7 @@ interrupted or failed save leaves no partial output.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -105,6 +106,31 @@ class SourceFile:
         at = tensor.data_ptr() - self.base
         return at if 0 <= at and at + nbytes(tensor) <= self.size else None
 
+    # copy_file_range refuses some pairs of files (measured here: EXDEV from a checkpoint on one
+    # file system to an output on another); those bytes then go through a buffer, as cp does.
+    REFUSED = {errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP}
+    BUFFER = 16 << 20
+    in_kernel = True
+
+    def copy(self, out_fd: int, key: str, start: int, position: int, left: int) -> None:
+        while left:
+            copied = self._copy_in_kernel(out_fd, start, position, left) if self.in_kernel else None
+            if copied is None:
+                chunk = os.pread(self.fd, min(left, self.BUFFER), start)
+                copied = os.pwrite(out_fd, chunk, position) if chunk else 0
+            if not copied:
+                raise StreamError(f"{self.path}: the file ends inside {key}")
+            start, position, left = start + copied, position + copied, left - copied
+
+    def _copy_in_kernel(self, out_fd: int, start: int, position: int, left: int) -> int | None:
+        try:
+            return os.copy_file_range(self.fd, out_fd, left, start, position)
+        except OSError as e:
+            if e.errno not in self.REFUSED:
+                raise
+            self.in_kernel = False  # for the rest of this file: the kernel will refuse it again
+            return None
+
     def close(self):
         if self.fd is not None:
             os.close(self.fd)
@@ -133,12 +159,7 @@ def write_file(path: Path, tensors: Mapping[str, torch.Tensor], source: SourceFi
                 f.write(t.detach().contiguous().reshape(-1).view(torch.uint8).numpy().data)
                 f.flush()
                 continue
-            left = nbytes(t)
-            while left:
-                copied = os.copy_file_range(source.fd, f.fileno(), left, start, position)
-                if not copied:
-                    raise StreamError(f"{source.path}: ends inside {key}")
-                start, position, left = start + copied, position + copied, left - copied
+            source.copy(f.fileno(), key, start, position, nbytes(t))
 
 
 def write(state: Mapping[str, torch.Tensor], folder: Path, shard_bytes: int = DEFAULT_SHARD_BYTES,
@@ -234,6 +255,8 @@ def save(case: Case, original: Mapping[str, torch.Tensor], folder: Path, shard_b
         raise StreamError(f"{case.id}: key coverage failed, nothing written:\n{coverage.describe()}")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    if any(folder.iterdir()):  # old shards beside new ones would make a model of both
+        raise StreamError(f"{case.id}: {folder} is not empty: streaming writes only into an empty folder")
     config = build_config(case)
     config.architectures = [case.model_class]
     floating = {t.dtype for t in converted.values() if t.is_floating_point()}
@@ -251,6 +274,8 @@ def save(case: Case, original: Mapping[str, torch.Tensor], folder: Path, shard_b
                     on_shard(name)
 
             streamed = write(converted, folder, shard_bytes, source, written=written)
+    except (StreamError, OSError) as e:  # ENOSPC, a truncated source, ...: which case, which files
+        raise StreamError(f"{case.id}: streaming {source_path or 'the converted state'} into {folder} failed: {e}") from e
     finally:
         if source:
             source.close()
@@ -269,8 +294,9 @@ def convert_file(case: Case, path, destination, shard_bytes: int = DEFAULT_SHARD
 
     destination = Path(destination)
     if destination.exists():
-        raise export.OutputExists(f"{destination} exists and is not overwritten")
+        raise export.OutputExists(f"{case.id}: {destination} exists and is not overwritten")
     original = load_original(case, path, mmap=True).state
+    export.remove_stale_staging(destination.parent)  # left by a killed conversion, as --save does
     staging = export.staging_dir(destination.parent, destination.name)
     try:
         streamed = save(case, original, staging, shard_bytes, source_path=path)

@@ -1,0 +1,137 @@
+"""Streaming on real disk layouts: the checkpoint on one file system and the output on another
+(a tmpfs this test mounts), a full disk, refused kernel copies, a non-empty output folder and the
+staging a killed conversion left. The streamed case comes from the registry, at reduced width."""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+import converters
+from converters import stream
+
+CASE = next(c for c in converters.cases() if c.streamed).for_random_weights()
+SHARD = 1_000_000  # several shards for a few-MB state
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory) -> Path:
+    """A zip checkpoint of the case's original layout on the disk /tmp is on."""
+    path = tmp_path_factory.mktemp("source") / "original.torch"
+    torch.save(converters.synthetic_original(CASE), path)
+    return path
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """A small tmpfs: another file system than the source's (and one that can fill up)."""
+    mount = tmp_path / "tmpfs"
+    mount.mkdir()
+
+    def mounted(size: str) -> Path:
+        result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)], capture_output=True, text=True)
+        if result.returncode:
+            pytest.skip(f"cannot mount a tmpfs here (needs root): {result.stderr.strip()}")
+        return mount
+
+    yield mounted
+    subprocess.run(["umount", str(mount)], capture_output=True)
+
+
+def copies(monkeypatch) -> list:
+    """Record how the bytes travelled: ("kernel", n) or ("buffer", n)."""
+    calls, real_copy, real_pread = [], os.copy_file_range, os.pread
+
+    def copy_file_range(*args):
+        copied = real_copy(*args)
+        calls.append(("kernel", copied))
+        return copied
+
+    def pread(fd, n, offset):
+        chunk = real_pread(fd, n, offset)
+        calls.append(("buffer", len(chunk)))
+        return chunk
+
+    monkeypatch.setattr(os, "copy_file_range", copy_file_range)
+    monkeypatch.setattr(os, "pread", pread)
+    return calls
+
+
+def test_an_output_on_another_file_system_is_copied_through_a_buffer_and_verified(source, tmpfs, monkeypatch):
+    out = tmpfs("64m") / "converted"
+    with pytest.raises(OSError) as refused:  # what the kernel says to a copy across file systems
+        with open(source, "rb") as a, open(out.parent / "probe", "wb") as b:
+            os.copy_file_range(a.fileno(), b.fileno(), 16, 0, 0)
+    assert refused.value.errno == errno.EXDEV
+    calls = copies(monkeypatch)
+    streamed = stream.convert_file(CASE, source, out, shard_bytes=SHARD)
+    assert len(streamed.files) > 1 and not streamed.problems and streamed.tensors == len(converters.synthetic_original(CASE))
+    assert {how for how, _ in calls} == {"buffer"}, "every byte went through the buffer once the kernel refused"
+    assert sum(n for how, n in calls) == streamed.bytes
+    assert stream.verify(out, converters.convert(CASE, converters.synthetic_original(CASE))[0]) == []
+
+
+def test_on_one_file_system_the_kernel_copies(source, tmp_path, monkeypatch):
+    calls = copies(monkeypatch)
+    streamed = stream.convert_file(CASE, source, tmp_path / "converted", shard_bytes=SHARD)
+    assert {how for how, _ in calls} == {"kernel"} and sum(n for _, n in calls) == streamed.bytes
+
+
+@pytest.mark.parametrize("code", ["EXDEV", "EINVAL", "ENOSYS", "EOPNOTSUPP"])
+def test_each_refusal_of_the_kernel_copy_falls_back(source, tmp_path, monkeypatch, code):
+    def refuse(*args):
+        raise OSError(getattr(errno, code), os.strerror(getattr(errno, code)))
+
+    monkeypatch.setattr(os, "copy_file_range", refuse)
+    streamed = stream.convert_file(CASE, source, tmp_path / "converted", shard_bytes=SHARD)
+    assert not streamed.problems and streamed.tensors > 0
+
+
+def test_another_copy_error_stops_the_case_naming_case_and_files(source, tmp_path, monkeypatch):
+    def failing(*args):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "copy_file_range", failing)
+    out = tmp_path / "out"
+    with pytest.raises(stream.StreamError) as failed:
+        stream.convert_file(CASE, source, out / "converted", shard_bytes=SHARD)
+    message = str(failed.value)
+    assert CASE.id in message and str(source) in message and "Input/output error" in message
+    assert list(out.iterdir()) == [], "the failed conversion left its staging behind"
+
+
+def test_a_full_disk_stops_the_case_naming_it_and_leaves_nothing(source, tmpfs):
+    mount = tmpfs("1m")  # the state is a few MB
+    with pytest.raises(stream.StreamError) as failed:
+        stream.convert_file(CASE, source, mount / "converted", shard_bytes=SHARD)
+    message = str(failed.value)
+    assert CASE.id in message and str(source) in message and "No space left on device" in message
+    assert list(mount.iterdir()) == []
+
+
+def test_save_refuses_a_non_empty_folder(tmp_path):
+    folder = tmp_path / "out"
+    folder.mkdir()
+    (folder / "model-00001-of-00009.safetensors").write_bytes(b"an earlier shard")
+    with pytest.raises(stream.StreamError, match="is not empty") as refused:
+        stream.save(CASE, converters.synthetic_original(CASE), folder, shard_bytes=SHARD)
+    assert CASE.id in str(refused.value) and str(folder) in str(refused.value)
+    assert [p.name for p in folder.iterdir()] == ["model-00001-of-00009.safetensors"]
+
+
+def test_the_staging_a_killed_conversion_left_is_removed_by_the_next(source, tmp_path):
+    out = tmp_path / "out"
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # its pid is gone
+    stale = out / f".staging-converted-{dead.pid}-abc123"
+    live = out / f".staging-other-{os.getpid()}-def456"  # a conversion still running: kept
+    for folder in (stale, live):
+        folder.mkdir(parents=True)
+        (folder / "model-00001-of-00002.safetensors").write_bytes(b"half")
+    stream.convert_file(CASE, source, out / "converted", shard_bytes=SHARD)
+    assert sorted(p.name for p in out.iterdir()) == sorted(["converted", live.name])
