@@ -41,7 +41,8 @@ class Case:
     # what differs from the original evaluation, in the summary and the model card.
     output_divergence: str | None = None
     # Too large to hold in memory (a 10B model): the original file is memory-mapped, `--save` streams
-    # it tensor by tensor into shards, and forward-pass checks skip when the model cannot fit in memory.
+    # it tensor by tensor into shards, and forward passes run from the mapped tensors (models built on
+    # the meta device and given them); they skip only when even the activations cannot fit.
     streamed: bool = False
     # Original files beside the main one (`url`), by part name: a DINOv2 linear classifier is a
     # backbone file plus a head file. A part's keys enter the original state under `<part>.`;

@@ -25,6 +25,26 @@ class CheckpointError(Exception):
         super().__init__(f"{case_id}: {path}: {reason}")
 
 
+def opened(path) -> tuple[int, int]:
+    """What identifies the file a mapping was made of: (size, mtime in ns)."""
+    st = os.stat(path)
+    return st.st_size, st.st_mtime_ns
+
+
+def ensure_unchanged(case_id: str, path, when_opened: tuple[int, int]) -> None:
+    """A memory-mapped file is still the one that was opened; else its tensors would read other
+    bytes, or kill the process with SIGBUS where it was truncated."""
+    try:
+        now = opened(path)
+    except OSError as e:
+        raise CheckpointError(case_id, path, f"gone since it was memory-mapped ({e.strerror}): no forward pass was run") from None
+    if now != when_opened:
+        (size, mtime), (new_size, new_mtime) = when_opened, now
+        what = f"size {size} -> {new_size} bytes" if new_size != size else "modified"
+        raise CheckpointError(case_id, path, f"changed since it was memory-mapped ({what}, mtime {mtime} -> {new_mtime} ns): "
+                              "its tensors are pages of that file, so no forward pass was run on them")
+
+
 @dataclass
 class Loaded:
     state: dict[str, torch.Tensor]
@@ -168,4 +188,7 @@ def _load_pickle(path: Path, case_id: str, allow: tuple, mmap: bool):
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if mmap and "unable to mmap" in first:  # torch's words when the kernel refuses (ENODEV: FUSE, some network mounts)
+            raise CheckpointError(case_id, path, f"cannot be memory-mapped: its file system does not support mmap ({first}); "
+                                  "copy it to a local disk and pass that copy with --checkpoint") from None
         raise CheckpointError(case_id, path, f"truncated or not a torch checkpoint ({first})") from None

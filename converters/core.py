@@ -65,9 +65,15 @@ def revert(case: Case, converted: Mapping[str, torch.Tensor]):
 
 
 def build_model(case: Case, state: Mapping[str, torch.Tensor]):
-    """The transformers model holding `state` (strict: every key, every shape). The tensors are
-    assigned, not copied: a 2.6 GB model costs no second 2.6 GB."""
-    model = compat.build_model(case.model_class, build_config(case))
+    """The transformers model holding `state` (strict: every key, every shape). Built on the meta
+    device and given the tensors (assigned, never copied), so memory-mapped weights stay pages of
+    their file: a forward pass of a 40 GB model needs memory for its activations only. A model
+    with buffers its state dict does not carry (non-persistent, computed when it is built) is
+    built on the CPU instead, since the meta device cannot compute them."""
+    config = build_config(case)
+    model = compat.build_model(case.model_class, config, device="meta")
+    if set(dict(model.named_buffers())) - set(model.state_dict()):
+        model = compat.build_model(case.model_class, config)
     model.load_state_dict(state, strict=True, assign=True)
     return model.eval()
 

@@ -135,3 +135,62 @@ def test_the_staging_a_killed_conversion_left_is_removed_by_the_next(source, tmp
         (folder / "model-00001-of-00002.safetensors").write_bytes(b"half")
     stream.convert_file(CASE, source, out / "converted", shard_bytes=SHARD)
     assert sorted(p.name for p in out.iterdir()) == sorted(["converted", live.name])
+
+
+# --------------------------------------------------------------------------- memory-mapped sources
+
+
+def test_a_file_system_without_mmap_gets_a_clear_error(source, monkeypatch):
+    """No file system here refuses mmap (FUSE and some network mounts do, with ENODEV), so the
+    refusal is made where torch meets it: the mapping of the file, with the error torch raises."""
+    def refuse(filename, shared, nbytes):
+        raise RuntimeError(f"unable to mmap {nbytes} bytes from file <{filename}>: No such device (19)")
+
+    monkeypatch.setattr(torch.UntypedStorage, "from_file", refuse)
+    with pytest.raises(converters.CheckpointError) as caught:
+        converters.load_original(CASE, source, mmap=True)
+    message = str(caught.value)
+    assert message.startswith(f"{CASE.id}: {source}: cannot be memory-mapped: its file system does not support mmap")
+    assert "No such device (19)" in message and "--checkpoint" in message
+    monkeypatch.undo()
+    assert converters.load_original(CASE, source, mmap=True).state  # and without the refusal it maps
+
+
+def test_a_memory_mapped_file_changed_since_it_was_opened_is_refused(source, tmp_path):
+    from converters.checkpoint import ensure_unchanged, opened
+
+    copy = tmp_path / "copy.torch"
+    copy.write_bytes(source.read_bytes())
+    when_opened = opened(copy)
+    ensure_unchanged(CASE.id, copy, when_opened)  # unchanged: nothing to say
+    size = copy.stat().st_size
+    os.truncate(copy, size // 2)
+    with pytest.raises(converters.CheckpointError, match=rf"^{CASE.id}: {copy}: changed since it was memory-mapped "
+                                                         rf"\(size {size} -> {size // 2} bytes"):
+        ensure_unchanged(CASE.id, copy, when_opened)
+    copy.write_bytes(source.read_bytes())  # the same size again, but rewritten: the mtime tells
+    os.utime(copy, ns=(when_opened[1] + 1, when_opened[1] + 1))
+    with pytest.raises(converters.CheckpointError, match="changed since it was memory-mapped \\(modified"):
+        ensure_unchanged(CASE.id, copy, when_opened)
+    copy.unlink()
+    with pytest.raises(converters.CheckpointError, match="gone since it was memory-mapped"):
+        ensure_unchanged(CASE.id, copy, when_opened)
+
+
+def test_the_memory_a_forward_pass_may_use_is_the_cgroup_limit(tmp_path):
+    """Inside a memory cgroup the budget is its limit less the anonymous memory it holds, not the
+    machine's MemAvailable (22 GiB here)."""
+    import sys
+
+    from fixtures.memory_limit import cgroup_v1_available, run_limited
+
+    if reason := cgroup_v1_available():
+        pytest.skip(f"{reason}: elsewhere the budget is MemAvailable or {stream.MEMORY_BUDGET_ENV}")
+    env = {k: v for k, v in os.environ.items() if k != stream.MEMORY_BUDGET_ENV}
+    code = "from converters import stream; print(stream.available_bytes(), stream.cgroup_headroom())"
+    limit = 768 << 20
+    figures = run_limited([sys.executable, "-c", code], env, limit, tmp_path / "out.log", timeout=120)
+    assert figures["returncode"] == 0, (tmp_path / "out.log").read_text()
+    available, headroom = map(int, (tmp_path / "out.log").read_text().split())
+    assert available == headroom and 0 < headroom < limit, (available, headroom)
+    assert stream.cgroup_headroom() is None or stream.cgroup_headroom() > limit  # this process: not limited so

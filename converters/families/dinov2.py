@@ -256,6 +256,8 @@ def oracle(case: Case, original, antialias: bool | None = None):
         features = torch.cat([tokens[:, 0], tokens[:, model.num_prefix_tokens:].mean(dim=1)], dim=1)
         return torch.nn.functional.linear(features, head["weight"], head["bias"])
 
+    # the model at the case's own size (what the checks feed it), for per-block parity
+    forward.model = models[case.image_size] = timm_backbone(case, original, case.image_size, antialias)
     return forward
 
 

@@ -275,8 +275,10 @@ def _nested(original) -> dict:
 
 def oracle(case: Case, original):
     """classy-vision's forward (the original code) holding the original trunk, strict load; for
-    in1k vissl's head on top: average pool, flatten, the linear `clf.0`."""
-    trunk = VisslTrunk(case).eval()
+    in1k vissl's head on top: average pool, flatten, the linear `clf.0`. Built on the meta device
+    and given the original tensors (assigned): memory-mapped weights are never copied."""
+    with torch.device("meta"):
+        trunk = VisslTrunk(case).eval()
     trunk.load_state_dict({k.removeprefix("trunk."): v for k, v in original.items() if k.startswith("trunk.")},
                           strict=True, assign=True)
     head = {k.removeprefix("heads.0.clf.0."): v for k, v in original.items() if k.startswith("heads.0.clf.0.")}
@@ -287,6 +289,7 @@ def oracle(case: Case, original):
             return features
         return nn.functional.linear(features.mean((2, 3)), head["weight"], head["bias"])
 
+    forward.model = trunk  # the module, for per-block parity
     return forward
 
 
@@ -298,8 +301,9 @@ def timm_oracle(case: Case, original):
     generator = GENERATOR.get(tuple(case.config["hidden_sizes"]))
     if generator is None or generator["group_size"] != case.config["groups_width"]:
         raise ValueError(f"{case.id}: timm builds RegNets from generator parameters; none known for {dict(case.config)}")
-    model = RegNet(RegNetCfg(**generator, se_ratio=0.25, stem_width=case.config.get("embedding_size", STEM_WIDTH)),
-                   num_classes=case.config["num_labels"] if _classifies(case) else 0)
+    with torch.device("meta"):  # given the original tensors below: nothing is allocated twice
+        model = RegNet(RegNetCfg(**generator, se_ratio=0.25, stem_width=case.config.get("embedding_size", STEM_WIDTH)),
+                       num_classes=case.config["num_labels"] if _classifies(case) else 0)
     stripped = {re.sub(r"\.block\d+-part\d+", "", k): v for k, v in original.items()}
     model.load_state_dict(_filter_fn(_nested(stripped)), strict=True, assign=True)
     model.eval()
