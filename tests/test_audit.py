@@ -24,10 +24,11 @@ from huggingface_hub import HfApi, constants, snapshot_download
 from safetensors.torch import load_file, save_file
 
 import converters
-from converters import audit, compat, export
+from converters import audit, compat
 from fixtures import options
 from fixtures.hub import hub_server  # noqa: F401  (the fixture)
 from fixtures.images import photographs
+from fixtures.models import saved_synthetic
 
 ROOT = Path(__file__).resolve().parents[1]
 # The first case of the registry that can show every alteration: a layer_norm_eps in its config and
@@ -42,12 +43,7 @@ PHOTOS = dict(list(photographs().items())[:2])
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
     """Our conversion of the synthetic original, saved as the harness saves it, and its oracle."""
-    case = CASE.for_random_weights()
-    original = converters.synthetic_original(case)
-    folder = tmp_path_factory.mktemp("ours")
-    model = converters.build_model(case, converters.convert(case, original)[0])
-    export.stage(case, folder, converters.image_processor(case), model=model)
-    return case, folder, converters.oracle(case, original)
+    return saved_synthetic(CASE, tmp_path_factory.mktemp("ours"))
 
 
 def _json_edit(name: str, change):
