@@ -40,7 +40,7 @@ CONFIG_IGNORED = frozenset({
     "output_hidden_states", "output_attentions", "return_dict", "use_return_dict", "problem_type", "_commit_hash",
     "chunk_size_feed_forward", "is_encoder_decoder", "initializer_range", "_attn_implementation_autoset",
 })
-PROCESSOR_IGNORED = frozenset({"image_processor_type", "processor_class", "_processor_class", "backend"})
+PROCESSOR_IGNORED = frozenset({"image_processor_type", "feature_extractor_type", "processor_class", "_processor_class", "backend"})
 SHOWN = 5  # tensor names listed in one finding
 
 
