@@ -218,6 +218,9 @@ def config_findings(case, published: Path, ours: Path, repo: str) -> list[Findin
 
 def preprocessor_findings(case, published: Path, ours: Path, repo: str) -> list[Finding]:
     cls = compat.image_processor_class(case.processor_class)  # PIL: the fields, not a backend's copy
+    if not (published / PROCESSOR_FILE).is_file():
+        return [Finding("preprocessor", PROCESSOR_FILE, f"wrong: no {PROCESSOR_FILE}",
+                        "users loading the repo get no image processor, or another one's defaults")]
     raw, ours_raw = _read_json(published, PROCESSOR_FILE, repo), _read_json(ours, PROCESSOR_FILE, "our conversion")
     theirs, mine = cls.from_pretrained(published).to_dict(), cls.from_pretrained(ours).to_dict()
     return compare_fields("preprocessor", PROCESSOR_FILE, raw, theirs, mine, ours_raw, PROCESSOR_IGNORED)
@@ -280,13 +283,22 @@ def output_findings(case, published: Path, oracle, source_transform, photographs
     reference_pixels = torch.stack([source_transform(image.convert("RGB")) for image in images])
     with torch.inference_mode():
         reference = oracle(reference_pixels)
-        model = compat.get_class(case.model_class).from_pretrained(published).eval().float()
-        outputs = getattr(model(pixel_values=reference_pixels), case.output)
-    check = outputs_close(case.id, "published model on the original evaluation's pixels", outputs, reference, case.atol)
-    figure = check.figures.get("max_abs_diff")
-    findings.append(Finding("outputs", "model", SAME if check.ok else "wrong: outputs",
-                            f"max abs diff {figure:.3g} (atol {case.atol:.0e}) on {', '.join(photographs)}" if figure is not None else check.message))
-    loaded = as_loaded(case, published, oracle, source_transform, photographs)
+        try:
+            model = compat.get_class(case.model_class).from_pretrained(published).eval().float()
+            outputs = getattr(model(pixel_values=reference_pixels), case.output)
+        except Exception as e:  # a shape the model cannot take, an unreadable config: the finding says it
+            outputs, failure = None, f"the published model does not load or run: {type(e).__name__}: {str(e).splitlines()[0][:300]}"
+    if outputs is None:
+        findings.append(Finding("outputs", "model", "wrong: outputs", failure))
+    else:
+        check = outputs_close(case.id, "published model on the original evaluation's pixels", outputs, reference, case.atol)
+        figure = check.figures.get("max_abs_diff")
+        findings.append(Finding("outputs", "model", SAME if check.ok else "wrong: outputs",
+                                f"max abs diff {figure:.3g} (atol {case.atol:.0e}) on {', '.join(photographs)}" if figure is not None else check.message))
+    try:
+        loaded = as_loaded(case, published, oracle, source_transform, photographs)
+    except Exception as e:  # as_loaded names load errors it knows; anything else is still a finding
+        return findings + [Finding("outputs", "as loaded", "wrong: as loaded", f"{type(e).__name__}: {str(e).splitlines()[0][:300]}")]
     paths = [p for p in ("default", "pil") if isinstance(loaded.figures.get(p), dict)]
     if not paths:  # the folder does not load as the case declares: the message names file and field
         return findings + [Finding("outputs", "as loaded", "wrong: as loaded", loaded.message.splitlines()[-1])]

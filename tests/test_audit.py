@@ -193,6 +193,19 @@ def test_a_renamed_key_is_named_old_and_new(saved, served, tmp_path):
     assert weights == [f"wrong: key renamed {key} -> {key.replace('.', '.renamed_', 1)}"], weights
 
 
+def test_a_tensor_of_another_shape_and_a_missing_preprocessor_config_are_findings_not_crashes(saved, tmp_path):
+    folder = altered(saved, tmp_path, "unaltered")
+    state = load_file(folder / "model.safetensors")
+    key = max(state, key=lambda k: state[k].ndim)  # a conv kernel: one output channel fewer
+    state[key] = state[key][:-1].clone()
+    save_file(state, folder / "model.safetensors", metadata={"format": "pt"})
+    (folder / audit.PROCESSOR_FILE).unlink()
+    result = run(saved, audit.resolve(str(folder)))
+    verdicts = result.verdicts()
+    assert f"wrong: shape {key}" in verdicts and f"wrong: no {audit.PROCESSOR_FILE}" in verdicts, verdicts
+    assert "wrong: outputs" in verdicts and "wrong: as loaded" in verdicts, verdicts
+
+
 def test_pickle_weights_are_audited_and_loaded_weights_only(saved, tmp_path):
     folder = altered(saved, tmp_path, "unaltered")
     state = load_file(folder / "model.safetensors")
