@@ -319,3 +319,18 @@ def test_the_harness_audits_each_case_writes_the_file_and_goes_on_past_a_bad_rep
     assert "`wrong: layer_norm_eps`" in md.read_text()
     assert checks[other.id]["checks"]["audit"]["error"].startswith("tester/missing: no such repo")
     assert not (report.parent / f"{other.id}.audit.md").exists()
+
+
+def test_a_failed_audit_does_not_block_the_save_of_a_conversion_that_passed():
+    """The audit judges the published repo: its failure leaves `--save` of our conversion alone,
+    while any other failed check still blocks it."""
+    from fixtures.session import Results
+
+    results = Results()
+    for check, may_fail in (("logits", False), ("audit", True)):
+        results.declare({"case": CASE.id, "check": check, "may_skip": may_fail, "may_fail": may_fail})
+    entry = results.entry(CASE.id, CASE.family)
+    entry["checks"] = {"logits": {"status": "passed"}, "audit": {"status": "failed"}}
+    assert results.publishable(CASE.id) is None
+    entry["checks"]["logits"]["status"] = "failed"
+    assert results.publishable(CASE.id) == "not saved: logits failed"
