@@ -7,10 +7,6 @@ gated or weightless repo is one line naming the repo and the reason."""
 
 from __future__ import annotations
 
-from fixtures.hub import require_hub_client_1x
-
-require_hub_client_1x()  # the loopback Hub follows huggingface_hub >= 1
-
 import json
 import os
 import shutil
@@ -27,6 +23,7 @@ import converters
 from converters import audit, compat
 from fixtures import options
 from fixtures.hub import hub_server  # noqa: F401  (the fixture)
+from fixtures.hub import require_hub_client_1x
 from fixtures.images import photographs
 from fixtures.models import saved_synthetic
 
@@ -106,24 +103,32 @@ def publish(hub, folder: Path, repo_id: str = REPO, private: bool = False) -> No
     api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message="conversion")
 
 
+@pytest.fixture
+def hub(hub_server):
+    """The loopback Hub, for tests whose server and assertions follow huggingface_hub >= 1 (tf5);
+    the others also run on 4.57.6's huggingface_hub 0.x."""
+    require_hub_client_1x()
+    return hub_server
+
+
 @pytest.fixture(params=["hub", "cache"])
-def served(request, hub_server, tmp_path, monkeypatch):
+def served(request, hub, tmp_path, monkeypatch):
     """folder -> the folder `audit.resolve` gives for it: published on the loopback Hub, then read
     through the Hub ("hub") or from a huggingface_hub cache seeded by a download, with the Hub
     stopped and HF_HUB_OFFLINE=1 ("cache")."""
     cache = tmp_path / "hf-cache"
 
     def serve(folder: Path) -> Path:
-        publish(hub_server, folder)
+        publish(hub, folder)
         if request.param == "hub":
-            resolved = audit.resolve(REPO, endpoint=hub_server.endpoint, cache_dir=cache)
-            assert hub_server.requests_to(f"/{REPO}/resolve/", "GET"), "nothing was downloaded from the Hub"
+            resolved = audit.resolve(REPO, endpoint=hub.endpoint, cache_dir=cache)
+            assert hub.requests_to(f"/{REPO}/resolve/", "GET"), "nothing was downloaded from the Hub"
             return resolved
-        snapshot_download(REPO, endpoint=hub_server.endpoint, cache_dir=cache)  # seeds the cache
-        hub_server.stop()
+        snapshot_download(REPO, endpoint=hub.endpoint, cache_dir=cache)  # seeds the cache
+        hub.stop()
         monkeypatch.setenv("HF_HUB_OFFLINE", "1")
         monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-        return audit.resolve(REPO, endpoint=hub_server.endpoint, cache_dir=cache)
+        return audit.resolve(REPO, endpoint=hub.endpoint, cache_dir=cache)
 
     serve.transport = request.param
     return serve
@@ -226,37 +231,37 @@ class Unsafe:
 # --------------------------------------------------------------------------- bad input
 
 
-def test_a_missing_repo_is_one_line_naming_it(hub_server, tmp_path):
+def test_a_missing_repo_is_one_line_naming_it(hub, tmp_path):
     with pytest.raises(audit.AuditError) as e:
-        audit.resolve("tester/no-such-repo", endpoint=hub_server.endpoint, cache_dir=tmp_path)
+        audit.resolve("tester/no-such-repo", endpoint=hub.endpoint, cache_dir=tmp_path)
     assert str(e.value).startswith("tester/no-such-repo: no such repo") and "\n" not in str(e.value)
 
 
-def test_a_private_repo_without_a_token_is_named(saved, hub_server, tmp_path):
-    publish(hub_server, saved[1], private=True)
+def test_a_private_repo_without_a_token_is_named(saved, hub, tmp_path):
+    publish(hub, saved[1], private=True)
     with pytest.raises(audit.AuditError) as e:
-        audit.resolve(REPO, endpoint=hub_server.endpoint, token=False, cache_dir=tmp_path)
+        audit.resolve(REPO, endpoint=hub.endpoint, token=False, cache_dir=tmp_path)
     assert str(e.value).startswith(f"{REPO}: ") and "private" in str(e.value) and "\n" not in str(e.value)
-    assert audit.resolve(REPO, endpoint=hub_server.endpoint, token=hub_server.token, cache_dir=tmp_path).is_dir()
+    assert audit.resolve(REPO, endpoint=hub.endpoint, token=hub.token, cache_dir=tmp_path).is_dir()
 
 
 @pytest.mark.parametrize("with_token", [False, True], ids=["no token", "token without access"])
-def test_a_gated_repo_is_named(saved, hub_server, tmp_path, with_token):
-    publish(hub_server, saved[1])
-    hub_server.repos[REPO].gated = True
-    token = hub_server.token if with_token else False
+def test_a_gated_repo_is_named(saved, hub, tmp_path, with_token):
+    publish(hub, saved[1])
+    hub.repos[REPO].gated = True
+    token = hub.token if with_token else False
     with pytest.raises(audit.AuditError) as e:
-        audit.resolve(REPO, endpoint=hub_server.endpoint, token=token, cache_dir=tmp_path)
+        audit.resolve(REPO, endpoint=hub.endpoint, token=token, cache_dir=tmp_path)
     assert str(e.value).startswith(f"{REPO}: gated") and "\n" not in str(e.value)
-    assert hub_server.requests_to("/resolve/") and {r.status for r in hub_server.requests_to("/resolve/")} == {403 if with_token else 401}
+    assert hub.requests_to("/resolve/") and {r.status for r in hub.requests_to("/resolve/")} == {403 if with_token else 401}
 
 
-def test_a_repo_without_weights_is_named(saved, hub_server, tmp_path):
+def test_a_repo_without_weights_is_named(saved, hub, tmp_path):
     folder = altered(saved, tmp_path, "unaltered")
     (folder / "model.safetensors").unlink()
-    publish(hub_server, folder)
+    publish(hub, folder)
     with pytest.raises(audit.AuditError) as e:
-        audit.resolve(REPO, endpoint=hub_server.endpoint, cache_dir=tmp_path / "cache")
+        audit.resolve(REPO, endpoint=hub.endpoint, cache_dir=tmp_path / "cache")
     assert str(e.value).startswith(f"{REPO}: holds no safetensors or pickle") and "config.json" in str(e.value)
 
 
@@ -296,13 +301,13 @@ def test_audit_repo_implies_audit_and_a_case_is_given_once(tmp_path):
 # --------------------------------------------------------------------------- the harness
 
 
-def test_the_harness_audits_each_case_writes_the_file_and_goes_on_past_a_bad_repo(saved, hub_server, tmp_path):
+def test_the_harness_audits_each_case_writes_the_file_and_goes_on_past_a_bad_repo(saved, hub, tmp_path):
     """`--audit-repo` for two cases: a local folder (wrong: layer_norm_eps) and a repo the Hub does not
     have (one line); the summary, the report and <case>.audit.md next to the report say so."""
     other = next(c for c in converters.cases() if c.family == CASE.family and c.id != CASE.id and "large" not in c.marks)
     folder = altered(saved, tmp_path, "layer_norm_eps")
     report = tmp_path / "reports" / "report.json"
-    env = dict(os.environ, HF_HOME=str(tmp_path / "hf"), TORCH_HOME=str(tmp_path / "torch"), HF_ENDPOINT=hub_server.endpoint,
+    env = dict(os.environ, HF_HOME=str(tmp_path / "hf"), TORCH_HOME=str(tmp_path / "torch"), HF_ENDPOINT=hub.endpoint,
                HF_HUB_DISABLE_XET="1", HF_HUB_OFFLINE="0")
     cmd = [sys.executable, "-m", "pytest", str(ROOT / "tests" / "test_conversions.py"), "-q", "-p", "no:cacheprovider",
            "-p", "no:randomly", "-k", f"audit and ({CASE.id} or {other.id})", "--weights", "random", "--report", str(report),
@@ -334,3 +339,18 @@ def test_a_failed_audit_does_not_block_the_save_of_a_conversion_that_passed():
     assert results.publishable(CASE.id) is None
     entry["checks"]["logits"]["status"] = "failed"
     assert results.publishable(CASE.id) == "not saved: logits failed"
+
+
+def test_omitted_fields_whose_installed_default_is_not_the_originals_are_drift(saved, tmp_path):
+    """No simulation: the installed processor's own defaults (ConvNeXt's mean/std 0.5 against the
+    original's ImageNet values, 4.57's bilinear resample) for whatever fields the case sets otherwise."""
+    cls = compat.image_processor_class(CASE.processor_class)
+    defaults, ours = (audit._plain(p.to_dict()) for p in (cls(), cls.from_pretrained(saved[1])))
+    moved = sorted(k for k in ("image_mean", "image_std", "resample", "crop_pct") if k in ours and defaults.get(k) != ours[k])
+    assert moved, "the installed defaults agree with the case everywhere: nothing to show here"
+    folder = altered(saved, tmp_path, "unaltered")
+    _json_edit(audit.PROCESSOR_FILE, lambda c: [c.pop(k) for k in moved])(folder)
+    result = run(saved, audit.resolve(str(folder)))
+    fields = {f.verdict for f in result.findings if f.area == "preprocessor"}
+    assert fields == {f"drift: {k}" for k in moved}, fields
+    assert {f.verdict for f in result.findings if f.area == "pixels"} == {f"drift: {', '.join(moved)}"}
