@@ -53,10 +53,15 @@ def remove_stale_staging(parent: Path) -> list[Path]:
 
 
 def write_json(path: Path, data) -> None:
+    """Written whole or not at all (`write_text`)."""
+    write_text(path, json.dumps(strict_json(data), indent=2, sort_keys=False, allow_nan=False) + "\n")
+
+
+def write_text(path: Path, text: str) -> None:
     """Written whole or not at all: a failure (ENOSPC, a directory in the way) leaves no temporary file."""
     tmp = path.with_name(f".{path.name}.tmp")
     try:
-        tmp.write_text(json.dumps(strict_json(data), indent=2, sort_keys=False, allow_nan=False) + "\n")
+        tmp.write_text(text)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -10,8 +10,9 @@ import shutil
 import pytest
 
 import converters
-from converters import checks, export
+from converters import checks
 from fixtures.images import photographs
+from fixtures.models import saved_synthetic
 
 CASE = converters.get(converters.cases()[0].id)  # any case: the first of the registry
 PHOTOS = dict(list(photographs().items())[:2])
@@ -19,12 +20,7 @@ PHOTOS = dict(list(photographs().items())[:2])
 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
-    case = CASE.for_random_weights()
-    original = converters.synthetic_original(case)
-    folder = tmp_path_factory.mktemp("saved")
-    model = converters.build_model(case, converters.convert(case, original)[0])
-    export.stage(case, folder, converters.image_processor(case), model=model)
-    return case, folder, converters.oracle(case, original)
+    return saved_synthetic(CASE, tmp_path_factory.mktemp("saved"))
 
 
 def altered(saved, tmp_path, change) -> tuple:

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import converters
-from converters import checks, compat, export, pixels, stream
+from converters import audit, checks, compat, export, pixels, stream
 from converters.localise import block_parity, first_divergence
 from fixtures.models import float32, output
 
@@ -220,6 +220,43 @@ def test_as_loaded(case, original, saved_folder, oracle_model, record, request):
     check = checks.as_loaded(original.case, folder, oracle_model, converters.source_transform(case), photos)
     record.figures(**check.figures)
     assert check.ok, check.message
+
+
+@pytest.mark.check("audit", may_skip=True, may_fail=True)
+def test_audit(case, harness, record, request):
+    """--audit: the case's published transformers repo (or `--audit-repo CASE=REPO_OR_DIR`) against
+    our conversion of the original the harness loaded, as saved (`converters.audit`): config,
+    weights, preprocessor and pixels, outputs on the photographs. Read only. A failure judges the
+    published repo, not this conversion: it does not block `--save`."""
+    from fixtures.images import photographs
+
+    opts, _ = harness
+    if not opts.audit:
+        pytest.skip("audit not asked for (--audit)")
+    repo = opts.audit_repos.get(case.id, case.published_repo)
+    if repo is None:
+        pytest.skip(f"{case.id} declares no published repo (Case.published_repo): pass --audit-repo {case.id}=REPO_OR_DIR")
+    record.figures(repo=repo)
+    try:
+        folder = audit.resolve(repo)
+    except audit.AuditError as e:  # one line, and the other cases go on
+        record.figures(error=str(e))
+        pytest.fail(f"{case.id}: audit of {e}", pytrace=False)
+    original = request.getfixturevalue("original")
+    record.original(original)
+    ours, _ = request.getfixturevalue("saved_folder")
+    too_large = stream.too_large(original.case)
+    photos = dict(list(photographs().items())[:AS_LOADED_PHOTOGRAPHS])
+    try:
+        result = audit.audit(original.case, repo, folder, ours, None if too_large else request.getfixturevalue("oracle_model"),
+                             converters.source_transform(case), photos, original.describe(public=True))
+    except audit.AuditError as e:
+        record.figures(error=str(e))
+        pytest.fail(f"{case.id}: audit of {e}", pytrace=False)
+    path = audit.write(result, opts.audit_dir / f"{case.id}.audit.md")
+    record.figures(**result.as_dict(), line=result.line(), verdicts=result.verdicts(), audit_file=str(path))
+    if not result.ok:
+        pytest.fail(f"{case.id}: {result.line()} (see {path})", pytrace=False)
 
 
 # astronaut and chelsea: sizes no pipeline here crops with the rounding divergence (the pixel check

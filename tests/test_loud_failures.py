@@ -112,7 +112,8 @@ class Config:
 
     def __init__(self, **given):
         self.given = {"weights": "auto", "save": None, "push": None, "allow_random_push": False,
-                      "update_expected": False, "report": None, "checkpoint": []} | given
+                      "update_expected": False, "report": None, "checkpoint": [], "audit": False,
+                      "audit_repo": []} | given
 
     def getoption(self, name):
         return self.given[name]

@@ -101,3 +101,22 @@ def test_reachability_probe_answers_fast_when_offline(monkeypatch):
         assert reachable(f"http://127.0.0.1:{server.getsockname()[1]}/x", timeout=5) is True
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert reachable("https://huggingface.co", timeout=5) is False
+
+
+def test_nightly_audits_every_published_case_on_its_lines_and_uploads_the_files():
+    """Each (family, line) job runs with --audit, so every case declaring a published repo is audited on
+    every transformers line its family runs on, and the <case>.audit.md files (next to the report) are
+    uploaded whatever the outcome."""
+    workflow = yaml.safe_load((ROOT / ".github" / "workflows" / "nightly.yml").read_text())
+    steps = workflow["jobs"]["convert"]["steps"]
+    run = next(step["run"] for step in steps if step.get("name") == "Run")
+    assert " --audit " in f"{run} " and "--report" in run
+    upload = next(step for step in steps if step.get("name") == "Audit files")
+    assert upload["if"] == "always()" and upload["with"]["path"] == "*.audit.md"
+    assert "matrix.family" in upload["with"]["name"] and "job-index" in upload["with"]["name"]
+    jobs = {(job["family"], job["transformers"]) for job in json.loads((ROOT / registry.NIGHTLY_MATRIX).read_text())["include"]}
+    published = [case for case in registry.cases() if case.published_repo]
+    assert published, "no case declares a published repo"
+    for case in published:
+        for line in registry.family_of(case).transformers_lines:
+            assert (case.family, line) in jobs, f"{case.id} ({case.published_repo}) is not audited on {line}"

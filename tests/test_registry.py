@@ -111,4 +111,4 @@ def test_saving_keys_on_the_check_marks_whatever_the_test_file_is_called(tmp_pat
     assert result.returncode == 0, result.stdout[-3000:]
     assert json.loads(report.read_text())["saved"]["convnextv2_atto_1k_224"] == str(out / "convnextv2_atto_1k_224")
     checks = json.loads((out / "convnextv2_atto_1k_224" / "validation.json").read_text())["checks"]
-    assert list(checks) == ["key_coverage", "pixel_values", "logits", "expected_logits", "round_trip", "save_reload", "as_loaded"]
+    assert list(checks) == ["key_coverage", "pixel_values", "logits", "expected_logits", "round_trip", "save_reload", "as_loaded", "audit"]

@@ -56,6 +56,8 @@ def _case(size: str, data: str, res: int) -> Case:
         id=f"convnextv2_{size}_{data}_{res}",
         family="convnextv2",
         hub_name=f"convnextv2-{size}-{data}-{res}",
+        # transformers' own ConvNeXt-V2 conversion published every fine-tuned checkpoint under facebook/
+        published_repo=f"facebook/convnextv2-{size}-{data}-{res}",
         url=f"{BASE_URL}/im{data}/convnextv2_{size}_{data}_{res}_ema.pt",
         config_class="ConvNextV2Config",
         # The original's final LayerNorm uses eps 1e-6; the config default 1e-12 differs from it.

@@ -84,6 +84,7 @@ def _case(size: str, finetuned: bool) -> Case:
         id=f"data2vec_vision_{size}{suffix}",
         family="data2vec_vision",
         hub_name=f"data2vec-vision-{size}{suffix.replace('_', '-')}",
+        published_repo=f"facebook/data2vec-vision-{size}{suffix.replace('_', '-')}",  # the original script's uploads
         url=URLS[size, finetuned],
         config_class="Data2VecVisionConfig",
         config=config,

@@ -88,6 +88,7 @@ def _case(size: str, kind: str) -> Case:
         id=f"{name}{kind}",
         family="dinov2",
         hub_name=hub,
+        published_repo=f"facebook/{hub}",  # facebookresearch's own uploads of the same checkpoints
         url=f"{BASE_URL}/{name}/{name}{'_reg4' if kind == '_reg4' else ''}_pretrain.pth",
         extra_files={HEAD: f"{BASE_URL}/{name}/{name}_linear_head.pth"} if kind == "_linear" else {},
         config_class="Dinov2WithRegistersConfig" if kind == "_reg4" else "Dinov2Config",

@@ -89,6 +89,7 @@ def _case(case_id: str, hub_name: str, url: str, model_class: str, output: str) 
         id=case_id,
         family="regnet_seer",
         hub_name=hub_name,
+        published_repo=f"facebook/{hub_name}",  # the original script's uploads
         url=url,
         config_class="RegNetConfig",
         config=dict(depths=list(DEPTHS), hidden_sizes=list(WIDTHS), groups_width=GROUP_WIDTH, layer_type="y",

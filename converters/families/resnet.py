@@ -79,6 +79,7 @@ def _case(arch: str) -> Case:
         id=arch,
         family="resnet",
         hub_name=f"resnet-{arch.removeprefix('resnet')}",
+        published_repo=f"microsoft/resnet-{arch.removeprefix('resnet')}",  # the original script's uploads
         url=None,
         config_class="ResNetConfig",
         config=dict(depths=list(depths), hidden_sizes=widths, layer_type=layer_type, embedding_size=64, num_labels=1000),

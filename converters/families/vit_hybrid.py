@@ -46,6 +46,7 @@ CASES = (
         id="vit_hybrid_base_bit_384",
         family="vit_hybrid",
         hub_name="vit_base_r50_s16_384",  # the original script pushes to ybelkada/<timm name>
+        published_repo="google/vit-hybrid-base-bit-384",  # where that upload lives now
         url=f"https://huggingface.co/{HUB_ID}/resolve/main/{HUB_FILE}",
         config_class="ViTHybridConfig",
         config=dict(
