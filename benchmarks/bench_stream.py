@@ -29,7 +29,8 @@ with like. Before every timed step the same preparation:
 3. `sync` (everything dirty, this machine's other users' writes too), then a wait until Dirty +
    Writeback in /proc/meminfo are below --drain-mb, so no earlier write-back lands in the step.
 
-Recorded per step: vm.dirty_* settings, Dirty / Writeback / MemFree before the step and the peak
+Recorded per step: its CPU seconds (user + system: on a machine whose cores are shared the steadier
+figure of the work done), vm.dirty_* settings, Dirty / Writeback / MemFree before the step and the peak
 of Dirty and Writeback during it, the source's resident bytes, the load average. The stream's time
 is split (timing wrappers around the converters' own functions, in its process): setup (the
 loader's CRC-32 check of the zip and its non-finite scan, shown apart too, torch.load of the
@@ -51,6 +52,7 @@ import dataclasses
 import json
 import mmap
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -89,6 +91,12 @@ def make_checkpoint(path: Path, group_width: int) -> int:
 
 
 # --------------------------------------------------------------------------- the methods (child processes)
+
+
+def cpu_seconds(who=resource.RUSAGE_SELF) -> float:
+    """User + system CPU time (RUSAGE_SELF: all this process's threads; RUSAGE_CHILDREN: its reaped children)."""
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
 
 
 def rss_anon_kb(pid: int | str = "self") -> int:
@@ -179,7 +187,7 @@ def child(method: str, src: str, dst: str, group_width: int, baseline: str | Non
     print(json.dumps({"imported": imports, "baseline_kb": rss_anon_kb()}), flush=True)
     sys.stdin.readline()  # the parent samples memory from here on
 
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), cpu_seconds()
     breakdown = None
     if method == "recipe":
         loaded = torch.load(src, map_location="cpu", weights_only=True)  # everything in memory
@@ -204,7 +212,7 @@ def child(method: str, src: str, dst: str, group_width: int, baseline: str | Non
         marks = probe["marks"]
         breakdown = {"setup": marks["first_write"] - t0, **probe["times"],
                      "tail": converted_at - marks["last_write_end"], "final_fsync": t0 + work - converted_at}
-    print(json.dumps({"work": work, "breakdown": breakdown}), flush=True)
+    print(json.dumps({"work": work, "cpu": cpu_seconds() - cpu0, "breakdown": breakdown}), flush=True)
 
 
 # --------------------------------------------------------------------------- the parent: machine state
@@ -292,7 +300,7 @@ def watch(proc: subprocess.Popen, state: dict, anon: bool) -> None:
 
 def run_cp(src: Path, dst: Path) -> dict:
     state = {"peak_dirty_kb": 0, "peak_writeback_kb": 0}
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), cpu_seconds(resource.RUSAGE_CHILDREN)
     for command in (["cp", str(src), str(dst)], ["sync", str(dst)]):  # sync FILE: fsync of the output
         proc = subprocess.Popen(command)
         watch(proc, state, anon=False)
@@ -300,7 +308,7 @@ def run_cp(src: Path, dst: Path) -> dict:
             raise RuntimeError(f"{command} failed (exit {proc.returncode})")
         state.setdefault("copied", time.perf_counter() - t0)
     work = time.perf_counter() - t0
-    return {"work": work, "imported": 0.0, "peak_mb": None, "breakdown": {"copy": state["copied"], "fsync": work - state["copied"]},
+    return {"work": work, "cpu": cpu_seconds(resource.RUSAGE_CHILDREN) - cpu0, "imported": 0.0, "peak_mb": None, "breakdown": {"copy": state["copied"], "fsync": work - state["copied"]},
             "peak_dirty_kb": state["peak_dirty_kb"], "peak_writeback_kb": state["peak_writeback_kb"]}
 
 
@@ -317,7 +325,7 @@ def run_python(method: str, src: Path, dst: Path, group_width: int, baseline: Pa
     if proc.wait() != 0 or not out:
         raise RuntimeError(f"{method} failed (exit {proc.returncode})")
     done = json.loads(out[-1])
-    return {"work": done["work"], "imported": ready["imported"], "peak_mb": (state["peak_kb"] - ready["baseline_kb"]) / 1024,
+    return {"work": done["work"], "cpu": done["cpu"], "imported": ready["imported"], "peak_mb": (state["peak_kb"] - ready["baseline_kb"]) / 1024,
             "breakdown": done["breakdown"], "peak_dirty_kb": state["peak_dirty_kb"], "peak_writeback_kb": state["peak_writeback_kb"]}
 
 
@@ -392,7 +400,7 @@ def main() -> None:
                 result["before"] = before
                 runs[method].append(result)
                 remove(dst)
-                steps.append(f"{method} {result['work']:.2f} s [load {before['load']}, drained in {before['drain_s']:.1f} s, "
+                steps.append(f"{method} {result['work']:.2f} s, cpu {result['cpu']:.2f} s [load {before['load']}, drained in {before['drain_s']:.1f} s, "
                              f"Dirty {before['dirty_kb'] / 1024:.0f} MB Writeback {before['writeback_kb'] / 1024:.0f} MB "
                              f"MemFree {before['free_mb'] / 1024:.1f} GB, source resident {before['source_resident'] >> 20} MiB; "
                              f"peak Dirty {result['peak_dirty_kb'] / 1024:.0f} MB Writeback {result['peak_writeback_kb'] / 1024:.0f} MB]")
@@ -418,6 +426,8 @@ def main() -> None:
             peak = median([x["peak_mb"] for x in rs])
             print(f"{method:8} {median([x['work'] for x in rs]):15.2f} {spread(ratio[method]):>20} "
                   f"{median([x['imported'] for x in rs]):15.2f} {'-' if peak is None else f'{peak:.0f}':>27}")
+        print("cpu seconds per round (user + system of the method's processes, the stream's threads included): "
+              + "; ".join(f"{m} " + ", ".join(f"{x['cpu']:.2f}" for x in rs) for m, rs in runs.items()))
         print("seconds per round: " + "; ".join(f"{m} " + ", ".join(f"{x['work']:.2f}" for x in rs) for m, rs in runs.items()))
         print(f"stream/cp per round: {', '.join(f'{x:.2f}' for x in ratio['stream'])}; min / median / max {spread(ratio['stream'])}")
         print(f"stream/cp = {median(ratio['stream']):.2f}, peak_anon_over_baseline_mb = {median([x['peak_mb'] for x in runs['stream']]):.0f}")

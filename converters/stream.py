@@ -121,14 +121,18 @@ class SourceFile:
     # copy_file_range refuses some pairs of files (measured here: EXDEV from a checkpoint on one
     # file system to an output on another); those bytes then go through a buffer, as cp does.
     REFUSED = {errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP}
-    BUFFER = 16 << 20
+    BUFFER = 16 << 20  # also the kernel copy's step: the next two steps are asked of the disk first
     in_kernel = True
 
     def copy(self, out_fd: int, key: str, start: int, position: int, left: int) -> None:
         while left:
-            copied = self._copy_in_kernel(out_fd, start, position, left) if self.in_kernel else None
+            # posix_fadvise WILLNEED: the disk reads the next 32 MiB while these 16 are copied, instead
+            # of the 256 KiB read-ahead of a sequential file (checkpoint.verify_zip measured the same)
+            os.posix_fadvise(self.fd, start + self.BUFFER, 2 * self.BUFFER, os.POSIX_FADV_WILLNEED)
+            step = min(left, self.BUFFER)
+            copied = self._copy_in_kernel(out_fd, start, position, step) if self.in_kernel else None
             if copied is None:
-                chunk = os.pread(self.fd, min(left, self.BUFFER), start)
+                chunk = os.pread(self.fd, step, start)
                 copied = os.pwrite(out_fd, chunk, position) if chunk else 0
             if not copied:
                 raise StreamError(f"{self.path}: the file ends inside {key}")
@@ -283,7 +287,7 @@ def save(case: Case, original: Mapping[str, torch.Tensor], folder: Path, shard_b
     on any problem. `check_source`: `original` was loaded from `source_path` with
     `load(checks=False)`, and the loader's checks are done here instead, on the bytes written (the
     CRC-32 of each member whose data a tensor is, the members no tensor covers read for theirs, NaN /
-    Inf in every tensor), raising the loader's CheckpointError."""
+    Inf in every tensor written), raising the loader's CheckpointError."""
     from concurrent.futures import ThreadPoolExecutor
 
     from .core import build_config, convert
