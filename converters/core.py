@@ -78,11 +78,11 @@ def build_model(case: Case, state: Mapping[str, torch.Tensor]):
     return model.eval()
 
 
-def load_original(case: Case, path, mmap: bool = False, part: str | None = None):
+def load_original(case: Case, path, mmap: bool = False, part: str | None = None, checks: bool = True):
     """Safe load of an original file (weights_only + the family's allow-list), unwrapped. `part`
-    names one of `case.extra_files` (its keys come back under `<part>.`)."""
+    names one of `case.extra_files` (its keys come back under `<part>.`); `checks` as in `load`."""
     family = family_of(case)
-    loaded = load(path, case.id, unwrap=family.unwrap, allow=family.allow, mmap=mmap)
+    loaded = load(path, case.id, unwrap=family.unwrap, allow=family.allow, mmap=mmap, checks=checks)
     if part is not None:
         loaded.state = {f"{part}.{k}": v for k, v in loaded.state.items()}
     return loaded

@@ -6,8 +6,11 @@ are written shard by shard into safetensors files (a shard never exceeds `shard_
 tensor alone does: it then gets a shard of its own), with transformers' index JSON when there is
 more than one shard. A tensor's bytes go file to file in the kernel (`os.copy_file_range`, as
 `cp` does) when its place in the source file is known, else from memory. Each shard, once
-written, is read back through safetensors and compared, bit for bit with dtype and shape, with
-the source tensors as torch loaded them, then synced to disk, while the next shard is written.
+written, is read back through safetensors and checked, bit for bit with dtype and shape, then
+synced to disk, while the next shard is written. A tensor whose bytes are one member of the source
+zip is checked against that member's CRC-32 record: one read checks both the copy and the source
+file, so `convert_file` loads the source without the loader's own CRC pass and does it, and the
+non-finite scan, here; other tensors are compared with the source tensors as torch loaded them.
 Output goes to a staging folder renamed into place only when complete and verified: an
 interrupted or failed save leaves no partial output.
 """
@@ -18,13 +21,15 @@ import errno
 import json
 import os
 import re
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
 import torch
 
-from . import compat
+from . import checkpoint, compat
 from .case import Case
 from .metrics import max_abs_diff
 
@@ -86,7 +91,7 @@ class SourceFile:
     lands on a record. Tensors it cannot place are written from memory; all are verified afterwards."""
 
     def __init__(self, path, tensors: Mapping[str, torch.Tensor]):
-        self.path, self.fd, self.base = str(path), None, None
+        self.path, self.fd, self.base, self.members = str(path), None, None, {}
         try:
             reader = torch._C.PyTorchFileReader(self.path)
             offsets = sorted(reader.get_record_offset(n) for n in reader.get_all_records() if n.startswith("data/"))
@@ -99,6 +104,7 @@ class SourceFile:
             self.base, self.size = base, os.path.getsize(self.path)
             self.fd = os.open(self.path, os.O_RDONLY)
             os.posix_fadvise(self.fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)  # larger readahead: copies follow file order
+            self.members = checkpoint.zip_members(self.path)  # data start -> member (name, size, CRC-32)
 
     def offset(self, tensor: torch.Tensor) -> int | None:
         if self.base is None or not tensor.is_contiguous() or tensor.device.type != "cpu":
@@ -106,17 +112,27 @@ class SourceFile:
         at = tensor.data_ptr() - self.base
         return at if 0 <= at and at + nbytes(tensor) <= self.size else None
 
+    def member(self, tensor: torch.Tensor) -> zipfile.ZipInfo | None:
+        """The zip member whose data is exactly `tensor`'s bytes (its CRC-32 record then checks them)."""
+        at = self.offset(tensor)
+        info = self.members.get(at) if at is not None else None
+        return info if info is not None and info.file_size == nbytes(tensor) else None
+
     # copy_file_range refuses some pairs of files (measured here: EXDEV from a checkpoint on one
     # file system to an output on another); those bytes then go through a buffer, as cp does.
     REFUSED = {errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP}
-    BUFFER = 16 << 20
+    BUFFER = 16 << 20  # also the kernel copy's step: the next two steps are asked of the disk first
     in_kernel = True
 
     def copy(self, out_fd: int, key: str, start: int, position: int, left: int) -> None:
         while left:
-            copied = self._copy_in_kernel(out_fd, start, position, left) if self.in_kernel else None
+            # posix_fadvise WILLNEED: the disk reads the next 32 MiB while these 16 are copied, instead
+            # of the 256 KiB read-ahead of a sequential file (checkpoint.verify_zip measured the same)
+            os.posix_fadvise(self.fd, start + self.BUFFER, 2 * self.BUFFER, os.POSIX_FADV_WILLNEED)
+            step = min(left, self.BUFFER)
+            copied = self._copy_in_kernel(out_fd, start, position, step) if self.in_kernel else None
             if copied is None:
-                chunk = os.pread(self.fd, min(left, self.BUFFER), start)
+                chunk = os.pread(self.fd, step, start)
                 copied = os.pwrite(out_fd, chunk, position) if chunk else 0
             if not copied:
                 raise StreamError(f"{self.path}: the file ends inside {key}")
@@ -181,8 +197,23 @@ def write(state: Mapping[str, torch.Tensor], folder: Path, shard_bytes: int = DE
     return Streamed(folder, names, len(weight_map), total, index)
 
 
-def verify_file(path: Path, keys, expected: Mapping[str, torch.Tensor]) -> list[str]:
-    """Each of `keys` read back from `path` (memory-mapped: no anonymous memory) against its source."""
+@dataclass
+class SourceChecks:
+    """The loader's integrity checks, done by the save on the bytes it writes (`save(check_source=True)`)."""
+    members: dict[str, zipfile.ZipInfo]  # key -> the source zip member whose data is exactly that tensor's bytes
+    corrupt: list[str] = field(default_factory=list)  # members whose bytes (equal to the copy) miss their CRC-32 record
+    non_finite: list[str] = field(default_factory=list)  # keys holding NaN or Inf
+
+
+def crc32(tensor: torch.Tensor) -> int:
+    return zlib.crc32(memoryview(tensor.detach().contiguous().reshape(-1).view(torch.uint8).numpy()))
+
+
+def verify_file(path: Path, keys, expected: Mapping[str, torch.Tensor], checks: SourceChecks | None = None) -> list[str]:
+    """Each of `keys` read back from `path` (memory-mapped: no anonymous memory) against its source:
+    with `checks`, against its zip member's CRC-32 when it has one (no second read of the source;
+    compared with the source only when the sums differ, to tell a bad copy from a corrupt source),
+    and scanned for NaN / Inf."""
     from safetensors import safe_open
 
     problems, name = [], Path(path).name
@@ -193,16 +224,24 @@ def verify_file(path: Path, keys, expected: Mapping[str, torch.Tensor]) -> list[
                 problems.append(f"{name}: {key} listed in the index but not in the file")
             elif key in expected:
                 written, source = f.get_tensor(key), expected[key]
+                member = checks.members.get(key) if checks else None
                 if written.dtype != source.dtype or written.shape != source.shape:
                     problems.append(f"{name}: {key} is {written.dtype} {tuple(written.shape)}, source {source.dtype} {tuple(source.shape)}")
+                    continue
+                if member is not None and crc32(written) == member.CRC:
+                    pass  # the recorded bytes: the copy and the source file checked in one read
                 elif not torch.equal(written, source):
                     diff = max_abs_diff(written, source) if written.is_floating_point() else None
                     problems.append(f"{name}: {key} differs from the source (max abs diff {diff})")
+                elif member is not None:  # copied faithfully from a source that differs from its record
+                    checks.corrupt.append(member.filename)
+                if checks and not checkpoint._finite(written):
+                    checks.non_finite.append(key)
     return problems + [f"{name}: {key} in the file but not in the index" for key in sorted(present - set(keys))]
 
 
-def _verify_and_sync(path: Path, keys, expected) -> list[str]:
-    problems = verify_file(path, keys, expected)
+def _verify_and_sync(path: Path, keys, expected, checks: SourceChecks | None = None) -> list[str]:
+    problems = verify_file(path, keys, expected, checks)
     with open(path, "rb") as f:  # durable before the folder is renamed into place
         os.fsync(f.fileno())
     return problems
@@ -241,15 +280,20 @@ def _by_file(weight_map: Mapping[str, str]) -> dict[str, list[str]]:
 
 
 def save(case: Case, original: Mapping[str, torch.Tensor], folder: Path, shard_bytes: int = DEFAULT_SHARD_BYTES,
-         source_path=None, on_shard=None) -> Streamed:
+         source_path=None, on_shard=None, check_source: bool = False) -> Streamed:
     """Convert `original` (memory-mapped from `source_path`, or in memory) with the case plan into
     `folder` (created, or empty): config.json and shards, each verified against the source while
     the next is written; `on_shard(name)` after each shard is written (progress). Raises StreamError
-    on any problem."""
+    on any problem. `check_source`: `original` was loaded from `source_path` with
+    `load(checks=False)`, and the loader's checks are done here instead, on the bytes written (the
+    CRC-32 of each member whose data a tensor is, the members no tensor covers read for theirs, NaN /
+    Inf in every tensor written), raising the loader's CheckpointError."""
     from concurrent.futures import ThreadPoolExecutor
 
     from .core import build_config, convert
 
+    if check_source and not source_path:
+        raise ValueError("check_source: the checks read the source file, pass source_path")
     converted, coverage = convert(case, original)
     if not coverage.ok:
         raise StreamError(f"{case.id}: key coverage failed, nothing written:\n{coverage.describe()}")
@@ -264,12 +308,18 @@ def save(case: Case, original: Mapping[str, torch.Tensor], folder: Path, shard_b
         compat.set_config_dtype(config, floating.pop())
     config.save_pretrained(folder)
     source = SourceFile(source_path, original) if source_path else None
-    checked = []
+    checked, checks = [], None
     try:
         # Each written shard is verified, then synced to disk, while the next one is written.
         with ThreadPoolExecutor(1) as verifier:
+            if check_source:
+                checks = SourceChecks({k: m for k, t in converted.items() if (m := source.member(t)) is not None})
+                if checkpoint.is_zip_checkpoint(source_path):  # the members no tensor's check covers
+                    covered = {m.filename for m in checks.members.values()}
+                    checked.append(verifier.submit(lambda: checkpoint.verify_zip(Path(source_path), case.id, skip=covered) or []))
+
             def written(name, keys):
-                checked.append(verifier.submit(_verify_and_sync, folder / name, keys, converted))
+                checked.append(verifier.submit(_verify_and_sync, folder / name, keys, converted, checks))
                 if on_shard:
                     on_shard(name)
 
@@ -280,6 +330,11 @@ def save(case: Case, original: Mapping[str, torch.Tensor], folder: Path, shard_b
         if source:
             source.close()
     streamed.problems = _index_problems(_weight_map(folder), converted) + [p for job in checked for p in job.result()]
+    if checks and checks.corrupt:
+        raise checkpoint.corrupt_error(case.id, source_path, checks.corrupt[0])
+    if checks and checks.non_finite:  # named as in the source file, as the loader names them
+        names = {id(t): k for k, t in original.items()}
+        raise checkpoint.non_finite_error(case.id, source_path, [names.get(id(converted[k]), k) for k in checks.non_finite])
     if streamed.problems:
         raise StreamError(f"{case.id}: {folder}: the written weights do not match the source, "
                           f"{len(streamed.problems)} problems:\n" + "\n".join(streamed.problems[:50]))
@@ -295,11 +350,11 @@ def convert_file(case: Case, path, destination, shard_bytes: int = DEFAULT_SHARD
     destination = Path(destination)
     if destination.exists():
         raise export.OutputExists(f"{case.id}: {destination} exists and is not overwritten")
-    original = load_original(case, path, mmap=True).state
+    original = load_original(case, path, mmap=True, checks=False).state  # save checks the source as it writes
     export.remove_stale_staging(destination.parent)  # left by a killed conversion, as --save does
     staging = export.staging_dir(destination.parent, destination.name)
     try:
-        streamed = save(case, original, staging, shard_bytes, source_path=path)
+        streamed = save(case, original, staging, shard_bytes, source_path=path, check_source=True)
         export.publish(staging, destination)
     except BaseException:  # KeyboardInterrupt too: an interrupted save leaves nothing behind
         export.discard(staging)

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import converters
-from converters import stream
+from converters import checkpoint, stream
 
 CASE = next(c for c in converters.cases() if c.streamed).for_random_weights()
 SHARD = 1_000_000  # several shards for a few-MB state
@@ -194,3 +194,49 @@ def test_the_memory_a_forward_pass_may_use_is_the_cgroup_limit(tmp_path):
     available, headroom = map(int, (tmp_path / "out.log").read_text().split())
     assert available == headroom and 0 < headroom < limit, (available, headroom)
     assert stream.cgroup_headroom() is None or stream.cgroup_headroom() > limit  # this process: not limited so
+
+
+# --------------------------------------------------------------------------- the source read once
+
+
+def _flip_inside(path: Path, member) -> None:
+    """One bit flipped in the middle of a zip member's data (the file no longer matches its CRC-32)."""
+    with open(path, "r+b") as f:
+        at = checkpoint.zip_members(path)
+        start = next(offset for offset, info in at.items() if info.filename == member.filename)
+        f.seek(start + member.file_size // 2)
+        byte = f.read(1)[0]
+        f.seek(start + member.file_size // 2)
+        f.write(bytes([byte ^ 0x01]))
+
+
+def test_a_corrupt_source_is_refused_by_the_streamed_conversion_reading_it_once(source, tmp_path, monkeypatch):
+    """convert_file checks the source's CRC-32 records on the bytes it copied: the tensors' members are
+    not read a second time by a zip check, and a flipped byte stops the case, leaving nothing."""
+    import zipfile
+
+    corrupt = tmp_path / "corrupt.torch"
+    corrupt.write_bytes(source.read_bytes())
+    largest = max(zipfile.ZipFile(corrupt).infolist(), key=lambda info: info.file_size)
+    _flip_inside(corrupt, largest)
+    zip_checked, real = [], checkpoint._crc_matches
+    monkeypatch.setattr(checkpoint, "_crc_matches", lambda archive, fd, info, buffer: zip_checked.append(info.filename) or real(archive, fd, info, buffer))
+    out = tmp_path / "out"
+    with pytest.raises(converters.CheckpointError, match=rf"{CASE.id}: .*corrupt.torch: corrupt .*{largest.filename}.*CRC-32"):
+        stream.convert_file(CASE, corrupt, out / "converted", shard_bytes=SHARD)
+    assert list(out.iterdir()) == [], "the refused conversion left its staging behind"
+    assert zip_checked and not any("/data/" in name for name in zip_checked), zip_checked  # pickle, version, ...: no tensor's member
+
+    good = stream.convert_file(CASE, source, tmp_path / "good", shard_bytes=SHARD)  # the intact file still streams
+    assert not good.problems
+
+
+def test_a_non_finite_source_is_refused_by_the_streamed_conversion_naming_the_key(tmp_path):
+    state = converters.synthetic_original(CASE)
+    key = next(k for k, v in state.items() if v.is_floating_point() and v.numel() > 1)
+    state[key].view(-1)[1] = float("nan")
+    torch.save(state, tmp_path / "nan.torch")
+    out = tmp_path / "out"
+    with pytest.raises(converters.CheckpointError, match=rf"{CASE.id}: .*nan.torch: non-finite values .* in 1 tensors: {key}$"):
+        stream.convert_file(CASE, tmp_path / "nan.torch", out / "converted", shard_bytes=SHARD)
+    assert list(out.iterdir()) == []
