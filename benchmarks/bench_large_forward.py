@@ -86,7 +86,7 @@ def make_checkpoint(path: Path) -> int:
     case = converters.get(CASE_ID)
     state = converters.synthetic_original(case)
     weight_bytes = sum(t.numel() * t.element_size() for t in state.values())
-    torch.save(regnet_seer._nested(state), path)
+    torch.save(regnet_seer.vissl_file(state), path)
     del state
     fd = os.open(path, os.O_RDONLY)
     try:

@@ -163,7 +163,7 @@ def instrument(stream, checkpoint) -> dict:
                 times[name] += time.perf_counter() - start
         return wrapper
 
-    checkpoint.verify_zip, checkpoint._finite = timed("crc", checkpoint.verify_zip), timed("finite", checkpoint._finite)
+    checkpoint.verify_zip, checkpoint.is_finite = timed("crc", checkpoint.verify_zip), timed("finite", checkpoint.is_finite)
     stream.write_file, stream.SourceFile.copy = timed_write_file, timed_copy
     stream.verify_file, stream._verify_and_sync = timed_verify_file, timed_verify_and_sync
     return {"times": times, "marks": marks, "local": local}

@@ -17,7 +17,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 class Case:
     id: str  # what `pytest -k` matches
     family: str  # converters.<family>
-    hub_name: str  # repo name as the originals publish it, e.g. "convnextv2-atto-1k-224"
+    hub_name: str  # repo name as the originals publish it (the part after the org)
     url: str | None  # where the original checkpoint lives (None: timm / hub sources)
     config_class: str
     config: Mapping[str, Any]

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .metrics import max_abs_diff
+
 
 def _leaves(model: torch.nn.Module):
     return [(name, m) for name, m in model.named_modules() if next(m.parameters(recurse=False), None) is not None]
@@ -42,22 +44,25 @@ def pair_modules(converted: torch.nn.Module, oracle: torch.nn.Module) -> list[tu
     return pairs
 
 
+def _alignments(a: torch.Tensor, like: torch.Tensor):
+    """`a` in `like`'s layout: itself, or each permutation of its dimensions (channels-last vs
+    channels-first) that gives `like`'s shape."""
+    if a.shape == like.shape:
+        yield a
+    elif a.numel() == like.numel() and a.ndim == like.ndim and a.ndim <= 5:
+        yield from (a.permute(p) for p in itertools.permutations(range(a.ndim)) if a.permute(p).shape == like.shape)
+
+
 def _aligned_diff(a: torch.Tensor, b: torch.Tensor) -> float | None:
-    """Max abs diff, allowing for a layout permutation (channels-last vs channels-first)."""
-    if a.shape == b.shape:
-        return (a - b).abs().max().item()
-    if a.numel() != b.numel() or a.ndim != b.ndim or a.ndim > 5:
-        return None
-    diffs = [(a - b.permute(p)).abs().max().item() for p in itertools.permutations(range(b.ndim)) if b.permute(p).shape == a.shape]
-    return min(diffs) if diffs else None
+    """Max abs diff, allowing for a layout permutation: the smallest over the permutations that fit."""
+    return min((max_abs_diff(a, p) for p in _alignments(b, a)), default=None)
 
 
 def first_divergence(converted, oracle, converted_inputs: dict, oracle_inputs: tuple, atol: float) -> str:
     """A sentence naming the first paired module whose output differs by more than `atol` (or
     1e-4 of its magnitude, whichever is larger)."""
-    if not isinstance(oracle, torch.nn.Module):
-        oracle = getattr(oracle, "model", oracle)
-    if not isinstance(oracle, torch.nn.Module):
+    oracle = _module_of(oracle)
+    if oracle is None:
         return "divergence not localised: the oracle is not a torch module"
     pairs = pair_modules(converted, oracle)
     outputs: dict[tuple[str, str], list] = {}
@@ -172,12 +177,8 @@ def _first_tensor(value):
 
 
 def _aligned_to(a: torch.Tensor, like: torch.Tensor) -> torch.Tensor | None:
-    """`a` in `like`'s layout (the same tensor, or a permutation of its dimensions), else None."""
-    if a.shape == like.shape:
-        return a
-    if a.numel() != like.numel() or a.ndim != like.ndim or a.ndim > 5:
-        return None
-    return next((a.permute(p) for p in itertools.permutations(range(a.ndim)) if a.permute(p).shape == like.shape), None)
+    """`a` in `like`'s layout (the first alignment), else None."""
+    return next(_alignments(a, like), None)
 
 
 def _module_of(oracle):
@@ -250,7 +251,7 @@ def block_parity(converted, oracle, converted_inputs: dict, oracle_inputs: tuple
             if k < len(taken) and mine is not None and taken[k][1] is not None:
                 theirs = _aligned_to(taken[k][1], mine)
                 if theirs is not None:
-                    errors.setdefault(block, []).append(((mine - theirs).abs().max().item(), theirs.abs().max().item()))
+                    errors.setdefault(block, []).append((max_abs_diff(mine, theirs), theirs.abs().max().item()))
                     order.append(block)
         return pre, post
 

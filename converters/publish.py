@@ -1,6 +1,6 @@
 """Publish a saved, validated conversion folder to the Hugging Face Hub, in one commit.
 
-    python -m converters.publish out/convnextv2_atto_1k_224 my-org/convnextv2-atto-1k-224
+    python -m converters.publish out/<case id> my-org/<hub name>
 
 The folder is what the harness saved (`validation.json` is the evidence that every check passed);
 random-weight conversions are refused unless asked for. The token comes from huggingface_hub's

@@ -148,13 +148,10 @@ def get(case_id: str) -> Case:
 
 # --------------------------------------------------------------------------- the nightly matrix
 
-NIGHTLY_MATRIX = ".github/nightly-matrix.json"
-
-
 def nightly_matrix() -> dict:
     """The nightly workflow's job matrix: one job per (family, transformers line) the family runs
-    on, plus the harness's own tests on each line. Committed as NIGHTLY_MATRIX (the workflow reads
-    it); tests/test_matrix.py checks it equals this, `python -m converters.registry --write` updates it."""
+    on, plus the harness's own tests on each line. The workflow's first job prints it
+    (`python -m converters.registry --matrix`), so nothing committed lists the families."""
     include = [
         {"family": name, "transformers": line, "markers": f"{name} and (large or not large)",
          "large_disk": f.nightly_large_disk}
@@ -167,16 +164,12 @@ def nightly_matrix() -> dict:
 def _main(argv=None) -> int:
     import argparse
     import json
-    from pathlib import Path
 
     parser = argparse.ArgumentParser(prog="python -m converters.registry", description="families, cases and the nightly matrix")
-    parser.add_argument("--write", action="store_true", help=f"write {NIGHTLY_MATRIX} from the registry")
+    parser.add_argument("--matrix", action="store_true", help="print the nightly job matrix as one line of JSON")
     args = parser.parse_args(argv)
-    text = json.dumps(nightly_matrix(), indent=2) + "\n"
-    if args.write:
-        path = Path(__file__).resolve().parents[1] / NIGHTLY_MATRIX
-        path.write_text(text)
-        print(f"wrote {path}")
+    if args.matrix:
+        print(json.dumps(nightly_matrix(), separators=(",", ":")))
     else:
         for name, f in families().items():
             print(f"{name}: {', '.join(f.case_ids())}")

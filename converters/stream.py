@@ -233,7 +233,7 @@ def verify_file(path: Path, keys, expected: Mapping[str, torch.Tensor], checks: 
                     problems.append(f"{name}: {key} differs from the source (max abs diff {diff})")
                 elif member is not None:  # copied faithfully from a source that differs from its record
                     checks.corrupt.append(member.filename)
-                if checks and not checkpoint._finite(written):
+                if checks and not checkpoint.is_finite(written):
                     checks.non_finite.append(key)
     return problems + [f"{name}: {key} in the file but not in the index" for key in sorted(present - set(keys))]
 

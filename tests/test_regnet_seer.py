@@ -32,7 +32,7 @@ def shapes(state):
 
 def nested_file(state, path: Path, **extra) -> Path:
     """A file in vissl's structure (what the loader unwraps and flattens)."""
-    torch.save({**extra, **regnet_seer._nested(state)}, path)
+    torch.save({**extra, **regnet_seer.vissl_file(state)}, path)
     return path
 
 
@@ -170,7 +170,7 @@ def test_truncated_and_old_format_files_name_case_and_path(tmp_path, reduced):
     assert info.value.case_id == case.id and str(path) in str(info.value) and "truncated" in info.value.reason
 
     old = tmp_path / "old_format.torch"
-    torch.save(regnet_seer._nested(state), old, _use_new_zipfile_serialization=False)
+    torch.save(regnet_seer.vissl_file(state), old, _use_new_zipfile_serialization=False)
     with pytest.raises(CheckpointError) as info:
         converters.load_original(case, old, mmap=True)
     assert case.id in str(info.value) and str(old) in str(info.value)

@@ -265,7 +265,7 @@ def _trace(case: Case) -> Plan:
 # --------------------------------------------------------------------------- oracles
 
 
-def _nested(original) -> dict:
+def vissl_file(original) -> dict:
     """The flat `trunk.` / `heads.` state back in vissl's file structure."""
     model = {"trunk": {}, "heads": {}}
     for key, value in original.items():
@@ -306,7 +306,7 @@ def timm_oracle(case: Case, original):
         model = RegNet(RegNetCfg(**generator, se_ratio=0.25, stem_width=case.config.get("embedding_size", STEM_WIDTH)),
                        num_classes=case.config["num_labels"] if _classifies(case) else 0)
     stripped = {re.sub(r"\.block\d+-part\d+", "", k): v for k, v in original.items()}
-    model.load_state_dict(_filter_fn(_nested(stripped)), strict=True, assign=True)
+    model.load_state_dict(_filter_fn(vissl_file(stripped)), strict=True, assign=True)
     model.eval()
     return model if _classifies(case) else model.forward_features
 
