@@ -33,7 +33,8 @@ from .metrics import max_abs_diff
 SAME = "same"
 CONFIG_FILE, PROCESSOR_FILE = "config.json", "preprocessor_config.json"
 SAFETENSORS, PICKLE = "*.safetensors", "pytorch_model*.bin"
-FETCHED = (CONFIG_FILE, PROCESSOR_FILE, SAFETENSORS, "*.safetensors.index.json", PICKLE, "pytorch_model.bin.index.json")
+FETCHED = (CONFIG_FILE, PROCESSOR_FILE, SAFETENSORS, "*.safetensors.index.json")
+FETCHED_PICKLE = (PICKLE, "pytorch_model.bin.index.json")  # only for a repo without safetensors, as transformers reads it
 # Config entries that do not change outputs: bookkeeping, label names, what a forward returns.
 CONFIG_IGNORED = frozenset({
     "transformers_version", "_name_or_path", "architectures", "dtype", "torch_dtype", "id2label", "label2id",
@@ -120,8 +121,12 @@ def _download(repo_id: str, endpoint, token, cache_dir) -> Path:
     )
 
     try:
-        return Path(snapshot_download(repo_id, allow_patterns=list(FETCHED), endpoint=endpoint, token=token,
-                                      cache_dir=cache_dir))
+        folder = Path(snapshot_download(repo_id, allow_patterns=list(FETCHED), endpoint=endpoint, token=token,
+                                        cache_dir=cache_dir))
+        if not any(folder.glob(SAFETENSORS)):  # many repos hold both formats: the pickle copy is fetched only if needed
+            folder = Path(snapshot_download(repo_id, allow_patterns=list(FETCHED_PICKLE), endpoint=endpoint, token=token,
+                                            cache_dir=cache_dir))
+        return folder
     except GatedRepoError:  # before RepositoryNotFoundError, its base class
         reason = "gated: accept its conditions on the Hub and give a token with access (HF_TOKEN or `hf auth login`)"
     except RepositoryNotFoundError:
@@ -153,10 +158,10 @@ def load_weights(folder: Path, what: str) -> dict[str, torch.Tensor]:
         try:
             try:
                 state |= load(path, what, mmap=path.suffix == ".bin").state
-            except CheckpointError:
-                if path.suffix != ".bin":
+            except CheckpointError as e:
+                if path.suffix != ".bin" or "memory-mapped" not in str(e):  # a refused or corrupt file: not read twice
                     raise
-                state |= load(path, what).state  # the legacy (non-zip) format cannot be memory-mapped
+                state |= load(path, what).state  # the legacy (non-zip) format, or a file system without mmap
         except CheckpointError as e:
             raise AuditError(what, str(e)) from None
     return state
@@ -250,14 +255,13 @@ def weights_findings(published: Path, ours: Path, repo: str) -> list[Finding]:
     if unexpected:
         findings.append(Finding("weights", _names(unexpected), f"wrong: unexpected {_names(unexpected)}",
                                 f"{len(unexpected)} published tensors are not in the conversion"))
-    shapes, dtypes, values, worst = [], [], {}, 0.0
+    shapes, dtypes, values = [], [], {}
     for key in (k for k in mine if k in theirs):
         a, b = theirs[key], mine[key]
         if a.shape != b.shape:
             shapes.append(f"{key} {tuple(a.shape)} vs {tuple(b.shape)}")
             continue
         diff = max_abs_diff(a, b)
-        worst = max(worst, diff)
         if a.dtype != b.dtype and torch.equal(a, b.to(a.dtype)):  # stored in another precision, nothing else
             dtypes.append(f"{key} {a.dtype} vs {b.dtype}".replace("torch.", ""))
         elif a.dtype != b.dtype or diff != 0.0:

@@ -218,10 +218,28 @@ def test_pickle_weights_are_audited_and_loaded_weights_only(saved, tmp_path):
     torch.save(state, folder / "pytorch_model.bin")
     result = run(saved, audit.resolve(str(folder)))
     assert result.ok, result.verdicts()
+    torch.save(state, folder / "pytorch_model.bin", _use_new_zipfile_serialization=False)  # cannot be memory-mapped
+    assert audit.load_weights(folder, REPO).keys() == state.keys()
     torch.save({**state, "extra": Unsafe()}, folder / "pytorch_model.bin")  # weights_only refuses the class
     with pytest.raises(audit.AuditError) as e:
         audit.load_weights(folder, REPO)
     assert str(e.value).startswith(f"{REPO}: ") and "Unsafe" in str(e.value), e.value
+
+
+@pytest.mark.parametrize("formats", ["both", "pickle only"])
+def test_pickle_weights_are_fetched_only_from_a_repo_without_safetensors(saved, hub, tmp_path, formats):
+    """transformers reads pytorch_model.bin only where no safetensors exist: a repo holding both is
+    not downloaded twice over."""
+    folder = altered(saved, tmp_path, "unaltered")
+    torch.save(load_file(folder / "model.safetensors"), folder / "pytorch_model.bin")
+    if formats == "pickle only":
+        (folder / "model.safetensors").unlink()
+    publish(hub, folder)
+    resolved = audit.resolve(REPO, endpoint=hub.endpoint, cache_dir=tmp_path / "cache")
+    fetched_pickle = bool(hub.requests_to("/pytorch_model.bin", "GET"))
+    assert fetched_pickle == (formats == "pickle only"), [r.path for r in hub.requests_to("/resolve/")]
+    assert [p.name for p in audit.weight_files(resolved)] == ["pytorch_model.bin" if fetched_pickle else "model.safetensors"]
+    assert run(saved, resolved).ok
 
 
 class Unsafe:

@@ -211,7 +211,7 @@ def test_as_loaded(case, original, saved_folder, oracle_model, record, request):
         request.applymarker(pytest.mark.xfail(strict=True, reason=(
             f"{case.id}: transformers {compat.transformers.__version__}'s AutoConfig does not know the deprecated "
             f"{case.config_class}: users load it by class (the card says how)")))
-    too_large = stream.too_large(original.case, 1)  # one photograph at a time
+    too_large = stream.too_large(original.case, AS_LOADED_PHOTOGRAPHS)  # the photographs go through in one batch
     if too_large:
         pytest.skip(f"outputs not compared: {too_large}")
     original.ensure_unchanged()
@@ -245,7 +245,7 @@ def test_audit(case, harness, record, request):
     original = request.getfixturevalue("original")
     record.original(original)
     ours, _ = request.getfixturevalue("saved_folder")
-    too_large = stream.too_large(original.case)
+    too_large = stream.too_large(original.case, AS_LOADED_PHOTOGRAPHS)  # as in test_as_loaded
     photos = dict(list(photographs().items())[:AS_LOADED_PHOTOGRAPHS])
     try:
         result = audit.audit(original.case, repo, folder, ours, None if too_large else request.getfixturevalue("oracle_model"),

@@ -369,9 +369,10 @@ def test_a_model_larger_than_its_memory_runs_every_check(tmp_path):
     assert figures["weights_per_limit"] >= 3 and figures["oom_kills"] == 0
     assert figures["peak_anon_kb"] * 1024 < figures["limit_bytes"]
     checks = figures["checks"]
-    assert set(checks) == {"key_coverage", "pixel_values", "logits", "expected_logits", "round_trip", "save_reload", "as_loaded"}
-    assert {n: r["status"] for n, r in checks.items() if r["status"] != "passed"} == {"expected_logits": "skipped"}
+    assert set(checks) == {"key_coverage", "pixel_values", "logits", "expected_logits", "round_trip", "save_reload", "as_loaded", "audit"}
+    assert {n: r["status"] for n, r in checks.items() if r["status"] != "passed"} == {"expected_logits": "skipped", "audit": "skipped"}
     assert "is not the recorded original" in checks["expected_logits"]["reason"]
+    assert "audit not asked for" in checks["audit"]["reason"]  # read only, of a published repo: not a memory check
     for name in ("logits", "round_trip", "save_reload"):
         assert checks[name]["max_abs_diff"] == 0.0, (name, checks[name])
     parity = figures["block_parity"]
