@@ -19,9 +19,10 @@ import importlib
 _NAMES = {
     "core": ("build_config", "build_model", "target_layout", "original_layout", "convert", "revert", "plan_of",
              "synthetic_original", "load_original", "image_processor", "source_transform", "oracle"),
-    # `converters.families` is the package of family modules; `converters.registry.families()`
-    # gives name -> Family
-    "registry": ("cases", "get", "family", "family_of", "family_names", "FamilyError"),
+    # Never a submodule's name (`converters.family` is the module declaring `Family`): once the
+    # submodule is imported, the package attribute is the module. `converters.families` is the
+    # package of family modules; `converters.registry.families()` gives name -> Family.
+    "registry": ("cases", "get", "get_family", "family_of", "family_names", "FamilyError"),
     "family": ("Family", "Small"),
     "case": ("Case",),
     "checkpoint": ("CheckpointError",),

@@ -123,7 +123,7 @@ def families() -> dict[str, Family]:
     return _registry(packages())
 
 
-def family(name: str) -> Family:
+def get_family(name: str) -> Family:
     found = families()
     if name not in found:
         raise KeyError(f"unknown family {name!r}; families: {', '.join(found)}")
@@ -131,7 +131,7 @@ def family(name: str) -> Family:
 
 
 def family_of(case: Case) -> Family:
-    return family(case.family)
+    return get_family(case.family)
 
 
 def cases(family_name: str | None = None) -> list[Case]:

@@ -98,7 +98,7 @@ def test_terms_come_first_and_divergences_near_the_top(case):
 def test_non_commercial_families_are_the_ones_the_originals_say():
     noncommercial = {name for name, f in registry.families().items() if f.provenance.non_commercial}
     assert noncommercial == {"convnextv2", "regnet_seer", "data2vec_vision"}
-    seer = registry.family("regnet_seer").provenance
+    seer = registry.get_family("regnet_seer").provenance
     assert (seer.licence, seer.licence_name) == ("other", "seer-license") and seer.licence_link.endswith("MODEL_LICENSE.md")
 
 

@@ -112,3 +112,22 @@ def test_saving_keys_on_the_check_marks_whatever_the_test_file_is_called(tmp_pat
     assert json.loads(report.read_text())["saved"]["convnextv2_atto_1k_224"] == str(out / "convnextv2_atto_1k_224")
     checks = json.loads((out / "convnextv2_atto_1k_224" / "validation.json").read_text())["checks"]
     assert list(checks) == ["key_coverage", "pixel_values", "logits", "expected_logits", "round_trip", "save_reload", "as_loaded", "audit"]
+
+
+def test_every_facade_name_is_one_thing_after_every_submodule_is_imported():
+    """Importing `converters.x` sets the package attribute `x` to the module: a facade function
+    of that name (once `family`) became a module and raised TypeError when called. No facade name
+    may be a submodule's, and each still resolves to its function once all submodules are loaded."""
+    import importlib
+    import pkgutil
+    import types
+
+    submodules = [m.name for m in pkgutil.walk_packages(converters.__path__, "converters.")]
+    for name in submodules:
+        importlib.import_module(name)
+    short = {name.split(".")[1] for name in submodules}
+    assert not short & set(converters.__all__), f"facade names that are also submodules: {sorted(short & set(converters.__all__))}"
+    modules = [name for name in converters.__all__ if isinstance(getattr(converters, name), types.ModuleType)]
+    assert not modules, f"facade names resolving to modules: {modules}"
+    first = registry.family_names()[0]
+    assert converters.get_family(first).name == first
