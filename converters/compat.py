@@ -8,7 +8,8 @@ import pkgutil
 import torch
 import transformers
 
-MAJOR = int(transformers.__version__.split(".")[0])
+VERSION = transformers.__version__
+MAJOR = int(VERSION.split(".")[0])  # the line: per-line plan entries (Plan.by_line) are keyed by it
 
 
 class Unsupported(RuntimeError):

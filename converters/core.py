@@ -43,7 +43,10 @@ def synthetic_original(case: Case) -> dict[str, torch.Tensor]:
 
 
 def plan_of(case: Case) -> Plan:
-    return family_of(case).plan(case)
+    """The family's plan for the case on the installed transformers line (`Plan.by_line` resolved)."""
+    family = family_of(case)
+    owner = f"family {family.name!r} (Family.plan), case {case.id!r}, transformers {compat.VERSION}"
+    return family.plan(case).for_line(compat.MAJOR, owner)
 
 
 def _tensors_only(case: Case, state: Mapping, what: str) -> None:

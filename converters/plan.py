@@ -9,6 +9,10 @@ only). Applying a plan never raises on a bad checkpoint: it returns the converte
 Key templates use `{name}` placeholders for numeric indices (`stages.{i}.{j}.dwconv.`).
 A template ending in "." matches a key prefix and carries the rest of the key over; any other
 template matches a whole key.
+
+Where transformers' own names differ between its lines (5.x renamed attention projections to
+`q_proj`/.../`o_proj`), a plan declares what each line adds in `by_line`, data keyed by the major
+version; `converters.core.plan_of` resolves it against the installed line, in one place.
 """
 
 from __future__ import annotations
@@ -217,13 +221,16 @@ class Coverage:
     shape_mismatches: list[tuple[str, tuple, tuple]] = field(default_factory=list)  # key, produced, expected
     duplicates: list[tuple[str, list[str]]] = field(default_factory=list)  # target, its sources
     dropped: list[str] = field(default_factory=list)  # consumed on purpose, not a problem
+    undeclared: list[str] = field(default_factory=list)  # what the plan does not declare (a transformers line)
 
     @property
     def ok(self) -> bool:
-        return not (self.unconsumed or self.missing or self.unexpected or self.shape_mismatches or self.duplicates)
+        return not (self.unconsumed or self.missing or self.unexpected or self.shape_mismatches or self.duplicates
+                    or self.undeclared)
 
     def problems(self) -> list[str]:
-        lines = [f"source key not consumed: {k}" for k in self.unconsumed]
+        lines = list(self.undeclared)  # first: it explains the keys below
+        lines += [f"source key not consumed: {k}" for k in self.unconsumed]
         lines += [f"target key not produced: {k}" for k in self.missing]
         lines += [f"produced key not in target: {k}" for k in self.unexpected]
         lines += [f"shape mismatch: {k} produced {tuple(a)} expected {tuple(b)}" for k, a, b in self.shape_mismatches]
@@ -242,10 +249,19 @@ class Coverage:
             "shape_mismatches": [[k, list(a), list(b)] for k, a, b in self.shape_mismatches],
             "duplicates": [[k, s] for k, s in self.duplicates],
             "dropped": self.dropped,
+            "undeclared": self.undeclared,
         }
 
 
 # --------------------------------------------------------------------------- plan
+
+
+@dataclass(frozen=True)
+class Line:
+    """What one transformers line adds to a plan, where that line names the target differently."""
+
+    renames: tuple[Rename, ...] = ()
+    ops: tuple[Op, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -254,19 +270,45 @@ class Plan:
 
     renames: tuple[Rename, ...]
     ops: tuple[Op, ...] = ()
+    # transformers major version -> what that line adds: its renames are tried before the common
+    # ones (first match wins), its ops run after the common ones. Declared per line, or not at all.
+    by_line: Mapping[int, Line] = field(default_factory=dict)
+    # why the installed line is not covered (set by `for_line`): key coverage reports it
+    undeclared: str | None = None
+
+    def for_line(self, major: int, owner: str) -> "Plan":
+        """The plan for transformers `major`: the common renames and ops with that line's. A plan
+        whose `by_line` misses the line keeps the common part and says so (key coverage fails)."""
+        if not self.by_line:
+            return self
+        line = self.by_line.get(major)
+        if line is None:
+            declared = ", ".join(str(m) for m in sorted(self.by_line))
+            return Plan(self.renames, self.ops, undeclared=(
+                f"{owner}: the plan declares renames for transformers {declared} (Plan.by_line) but not for "
+                f"{major}, the installed line: declare Plan.by_line[{major}]"))
+        return Plan(line.renames + self.renames, self.ops + line.ops)
+
+    def _resolved(self) -> None:
+        if self.by_line:
+            raise ValueError("a plan with by_line is resolved against the installed transformers first "
+                             "(converters.core.plan_of, Plan.for_line)")
 
     def forwards(self, state: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor] | None = None):
         """Original -> transformers. `target` (tensors or meta tensors) enables coverage checks."""
+        self._resolved()
         state = dict(state)
         dropped = [k for op in self.ops if isinstance(op, Drop) for k, _ in Op._each(state, op.key)]
         for op in self.ops:
             state = op.forward(state)
         out, report = _rename_all(state, self.renames, target)
         report.dropped = sorted(dropped)
+        report.undeclared = [self.undeclared] if self.undeclared else []
         return out, report
 
     def backwards(self, state: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor] | None = None):
         """Transformers -> original. Dropped keys come back only where their op can restore them."""
+        self._resolved()
         out, report = _rename_all(dict(state), tuple(r.reversed() for r in self.renames), None)
         for op in reversed(self.ops):
             out = op.backward(out)
@@ -276,6 +318,7 @@ class Plan:
                     out[key] = op.restore(groups, out)
         if target is not None:
             _compare(out, target, report, ignore=self.unrestorable(target))
+        report.undeclared = [self.undeclared] if self.undeclared else []
         return out, report
 
     def unrestorable(self, original: Iterable[str]) -> list[str]:

@@ -19,11 +19,20 @@ def split_qkv(block: str = "blocks.{i}.", entries: tuple[str, ...] = ("weight", 
     return tuple(Split(f"{block}attn.qkv.{entry}", tuple(f"{block}attn.{x}.{entry}" for x, _ in QKV)) for entry in entries)
 
 
-def attention(block: str, layer: str) -> tuple[Rename, ...]:
-    """The split q, k, v and the output projection -> transformers' `attention.attention.*` and
+def attention(block: str, layer: str, inner: str = "attention") -> tuple[Rename, ...]:
+    """The split q, k, v and the output projection -> transformers' BERT-style
+    `attention.<inner>.{query,key,value}` (ViT, BEiT: `attention`; Swin on 4.x: `self`) and
     `attention.output.dense`."""
-    return tuple(Rename(f"{block}attn.{x}.", f"{layer}attention.attention.{name}.") for x, name in QKV) + (
+    return tuple(Rename(f"{block}attn.{x}.", f"{layer}attention.{inner}.{name}.") for x, name in QKV) + (
         Rename(f"{block}attn.proj.", f"{layer}attention.output.dense."),
+    )
+
+
+def projections(block: str, layer: str) -> tuple[Rename, ...]:
+    """The split q, k, v and the output projection -> transformers 5's `attention.{q,k,v,o}_proj`
+    (DINOv2, Swin)."""
+    return tuple(Rename(f"{block}attn.{x}.", f"{layer}attention.{x}_proj.") for x, _ in QKV) + (
+        Rename(f"{block}attn.proj.", f"{layer}attention.o_proj."),
     )
 
 

@@ -131,3 +131,38 @@ def test_every_facade_name_is_one_thing_after_every_submodule_is_imported():
     assert not modules, f"facade names resolving to modules: {modules}"
     first = registry.family_names()[0]
     assert converters.get_family(first).name == first
+
+
+LINES = '''
+import dataclasses
+from converters.family import Family
+from converters.plan import Line
+from converters.registry import _load
+
+base = _load("converters.families", "convnextv2")
+CASES = (dataclasses.replace(base.cases[0], id="lines_tiny", family="lines"),)
+FAMILY = Family(name="lines", cases=CASES, original_layout=base.original_layout, oracle=base.oracle,
+                configurations=base.configurations,
+                plan=lambda case: dataclasses.replace(base.plan(case), by_line={{{line}: Line()}}))
+'''
+
+
+def test_a_plan_whose_lines_miss_the_installed_one_fails_key_coverage_naming_family_member_and_line(package):
+    from converters import compat, checks
+
+    package("lines", LINES.format(line=compat.MAJOR - 1))
+    case = converters.get("lines_tiny")
+    _, coverage = converters.convert(case, converters.synthetic_original(case))
+    check = checks.key_coverage(case.id, coverage)
+    assert not check.ok
+    first = check.message.splitlines()[1]
+    assert first.startswith(f"family 'lines' (Family.plan), case 'lines_tiny', transformers {compat.VERSION}: "), first
+    assert f"declares renames for transformers {compat.MAJOR - 1} (Plan.by_line) but not for {compat.MAJOR}" in first
+    assert f"declare Plan.by_line[{compat.MAJOR}]" in first
+    with pytest.raises(ValueError, match="resolved against the installed transformers first"):
+        registry.get_family("lines").plan(case).forwards({})  # an unresolved plan is never applied
+    registry._registry.cache_clear()
+    del sys.modules["myfamilies.lines"]
+    package("lines", LINES.format(line=compat.MAJOR))  # the same plan with the installed line declared
+    _, coverage = converters.convert(case, converters.synthetic_original(case))
+    assert coverage.ok, coverage.describe()

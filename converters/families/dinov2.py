@@ -28,10 +28,10 @@ from __future__ import annotations
 
 import torch
 
-from .. import compat, vit
+from .. import vit
 from ..case import IMAGENET_MEAN, IMAGENET_STD, Case
 from ..family import Family, Provenance, Small
-from ..plan import Plan, Rename, Split
+from ..plan import Line, Plan, Rename, Split
 
 # size -> (embed dim, depth, heads, SwiGLU MLP), from the original hub entry points (vit_small .. vit_giant2)
 SIZES = {
@@ -155,23 +155,20 @@ def plan(case: Case) -> Plan:
         Rename("norm.", prefix + "layernorm."),
         Rename(f"{HEAD}.", "classifier."),
     ]
-    ops = list(vit.split_qkv())
-    if compat.MAJOR >= 5:
-        # transformers 5 holds DINOv2's attention as q/k/v/o_proj and its SwiGLU as separate gate,
-        # up and down projections in memory (its files keep the 4.x names)
-        renames += [Rename(f"blocks.{{i}}.attn.{x}.", f"{layer}attention.{x}_proj.") for x, _ in vit.QKV]
-        renames += [Rename("blocks.{i}.attn.proj.", layer + "attention.o_proj."),
-                    Rename("blocks.{i}.mlp.gate.", layer + "mlp.gate_proj."),
-                    Rename("blocks.{i}.mlp.up.", layer + "mlp.up_proj."),
-                    Rename("blocks.{i}.mlp.w3.", layer + "mlp.down_proj.")]
+    # transformers 5 holds DINOv2's attention as q/k/v/o_proj and its SwiGLU as separate gate, up
+    # and down projections in memory (its files keep the 4.x names)
+    line5 = Line(
+        renames=(*vit.projections("blocks.{i}.", layer),
+                 Rename("blocks.{i}.mlp.gate.", layer + "mlp.gate_proj."),
+                 Rename("blocks.{i}.mlp.up.", layer + "mlp.up_proj."),
+                 Rename("blocks.{i}.mlp.w3.", layer + "mlp.down_proj.")),
         # the fused SwiGLU input projection: its first half gates (silu), the second is multiplied
-        ops += [Split(f"blocks.{{i}}.mlp.w12.{entry}", (f"blocks.{{i}}.mlp.gate.{entry}", f"blocks.{{i}}.mlp.up.{entry}"))
-                for entry in ("weight", "bias")]
-    else:
-        renames += [*vit.attention("blocks.{i}.", layer),
-                    Rename("blocks.{i}.mlp.w12.", layer + "mlp.weights_in."),
-                    Rename("blocks.{i}.mlp.w3.", layer + "mlp.weights_out.")]
-    return Plan(renames=tuple(renames), ops=tuple(ops))
+        ops=tuple(Split(f"blocks.{{i}}.mlp.w12.{entry}", (f"blocks.{{i}}.mlp.gate.{entry}", f"blocks.{{i}}.mlp.up.{entry}"))
+                  for entry in ("weight", "bias")))
+    line4 = Line(renames=(*vit.attention("blocks.{i}.", layer),
+                          Rename("blocks.{i}.mlp.w12.", layer + "mlp.weights_in."),
+                          Rename("blocks.{i}.mlp.w3.", layer + "mlp.weights_out.")))
+    return Plan(renames=tuple(renames), ops=vit.split_qkv(), by_line={5: line5, 4: line4})
 
 
 # --------------------------------------------------------------------------- original layout
