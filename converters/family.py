@@ -92,6 +92,11 @@ class Family:
     # (Case, download) -> the real original file. Default: `case.url` through torch.hub's cache
     # (`converters.sources.original_file`). Cases with `extra_files` resolve those by URL too.
     original_file: Callable[[Case, bool], Path] | None = None
+    # (oracle block tensor, converted block tensor) -> the oracle tensor in the converted model's
+    # layout, or None: how this family's blocks line up for per-block parity where the core's
+    # derived rules (equal shapes, permutations, (B, H, W, C) or (B, C, H, W) maps vs (B, H*W, C)
+    # sequences; `converters.localise`) do not. Default: the derived rules alone.
+    block_alignment: Callable[[Any, Any], Any] | None = None
     # Small configurations for mutants. Default: the smallest published case at its own size.
     mutants: tuple[Small, ...] = ()
     # Property-test examples for dear families: {tiny: (fast, thorough)}. Default: the profile's.

@@ -44,13 +44,41 @@ def pair_modules(converted: torch.nn.Module, oracle: torch.nn.Module) -> list[tu
     return pairs
 
 
-def _alignments(a: torch.Tensor, like: torch.Tensor):
-    """`a` in `like`'s layout: itself, or each permutation of its dimensions (channels-last vs
-    channels-first) that gives `like`'s shape."""
+def _alignments(a: torch.Tensor, like: torch.Tensor, declared=None):
+    """`a` (an oracle tensor) in `like`'s layout (the converted model's), every way the core knows:
+    itself; a permutation of its dimensions (channels-last vs channels-first); a (B, H, W, C) map as
+    a (B, H*W, C) token sequence (the same elements: a reshape) or back; a (B, C, H, W) map as a
+    (B, H*W, C) sequence (flatten and transpose) or back; then the family's own rule
+    (`Family.block_alignment`), when it declares one."""
     if a.shape == like.shape:
         yield a
-    elif a.numel() == like.numel() and a.ndim == like.ndim and a.ndim <= 5:
-        yield from (a.permute(p) for p in itertools.permutations(range(a.ndim)) if a.permute(p).shape == like.shape)
+    elif a.numel() == like.numel():
+        if a.ndim == like.ndim and a.ndim <= 5:
+            yield from (a.permute(p) for p in itertools.permutations(range(a.ndim)) if a.permute(p).shape == like.shape)
+        if a.ndim == 4 and like.ndim == 3:
+            b, h, w, c = a.shape
+            if like.shape == (b, h * w, c):  # (B, H, W, C) -> (B, H*W, C)
+                yield a.flatten(1, 2)
+            b, c, h, w = a.shape
+            if like.shape == (b, h * w, c):  # (B, C, H, W) -> (B, H*W, C)
+                yield a.flatten(2).transpose(1, 2)
+        if a.ndim == 3 and like.ndim == 4:
+            b, h, w, c = like.shape
+            if a.shape == (b, h * w, c):  # (B, H*W, C) -> (B, H, W, C)
+                yield a.reshape(like.shape)
+            b, c, h, w = like.shape
+            if a.shape == (b, h * w, c):  # (B, H*W, C) -> (B, C, H, W)
+                yield a.transpose(1, 2).reshape(like.shape)
+    if declared is not None:
+        aligned = declared(a, like)
+        if aligned is not None and aligned.shape == like.shape:
+            yield aligned
+
+
+DERIVED = ("equal shapes, a permutation of dimensions, (B, H, W, C) <-> (B, H*W, C), "
+           "(B, C, H, W) <-> (B, H*W, C)")
+DECLARE = ("Family.block_alignment: (oracle block tensor, converted block tensor) -> the oracle tensor in "
+           "the converted model's layout, or None")
 
 
 def _aligned_diff(a: torch.Tensor, b: torch.Tensor) -> float | None:
@@ -123,9 +151,12 @@ class BlockError:
 @dataclass
 class BlockParity:
     blocks: list[BlockError]
-    unpaired: list[str]  # blocks with no oracle counterpart, or whose input layouts differ
+    # every block not compared, with why: no oracle counterpart, or input / output layouts that no
+    # rule aligns (both shapes given)
+    unpaired: list[str]
     atol: float
     rtol: float
+    owner: str = "the model"  # whose blocks: "family 'name'"
 
     @property
     def worst(self) -> BlockError | None:
@@ -136,14 +167,17 @@ class BlockParity:
         return next((b for b in self.blocks if b.over), None)
 
     def describe(self) -> str:
+        unpaired = (f"; {len(self.unpaired)} unpaired: " + "; ".join(self.unpaired) +
+                    f" (derived alignments: {DERIVED}; declare {DECLARE})") if self.unpaired else ""
         if not self.blocks:
-            return f"per-block parity: no block paired with the oracle ({len(self.unpaired)} unpaired)"
+            return f"per-block parity of {self.owner}: no block paired with the oracle{unpaired}"
         worst, first = self.worst, self.first_over
         said = (f"first block over tolerance {first.block} (oracle {first.oracle}): max abs diff "
                 f"{first.max_abs_diff:.3g}, {first.relative:.3g} of its output" if first else
                 f"no block over tolerance max(atol {self.atol:.1g}, {self.rtol:.0e} x its output)")
-        return (f"per-block parity (each of {len(self.blocks)} blocks run on the oracle's input to it): {said}; "
-                f"worst block {worst.block}: max abs diff {worst.max_abs_diff:.3g}, {worst.relative:.3g} of its output")
+        return (f"per-block parity of {self.owner} (each of {len(self.blocks)} blocks run on the oracle's input to it): "
+                f"{said}; worst block {worst.block}: max abs diff {worst.max_abs_diff:.3g}, "
+                f"{worst.relative:.3g} of its output{unpaired}")
 
     def figures(self) -> dict:
         worst, first = self.worst, self.first_over
@@ -176,9 +210,13 @@ def _first_tensor(value):
     return getattr(value, "last_hidden_state", None) if not isinstance(value, (tuple, list)) else None
 
 
-def _aligned_to(a: torch.Tensor, like: torch.Tensor) -> torch.Tensor | None:
+def _aligned_to(a: torch.Tensor, like: torch.Tensor, declared=None) -> torch.Tensor | None:
     """`a` in `like`'s layout (the first alignment), else None."""
-    return next(_alignments(a, like), None)
+    return next(_alignments(a, like, declared), None)
+
+
+def _shape(t) -> str:
+    return str(tuple(t.shape)) if isinstance(t, torch.Tensor) else "no tensor"
 
 
 def _module_of(oracle):
@@ -190,22 +228,27 @@ def _module_of(oracle):
 
 
 def block_parity(converted, oracle, converted_inputs: dict, oracle_inputs: tuple, atol: float,
-                 rtol: float = 1e-4) -> BlockParity:
+                 rtol: float = 1e-4, family=None) -> BlockParity:
     """Teacher forcing: each block of the converted model is run on the oracle's input to the
     matching oracle block, and its output compared with that oracle block's output, so a fault
     shows at the block that has it instead of accumulating downstream. Blocks pair by position
     (the i-th block of one model with the i-th of the other, in module order), never through
     the weights: a swapped or altered tensor must not change the pairing that exposes it. One
     oracle pass records the inputs and outputs; one converted pass, in which every block's input
-    is replaced by the oracle's, gives each block's own error."""
+    is replaced by the oracle's, gives each block's own error. Inputs and outputs are aligned by
+    the derived rules (`_alignments`) and the `family`'s `block_alignment`; a block none aligns is
+    unpaired, with both shapes and why."""
+    declared = getattr(family, "block_alignment", None)
+    owner = f"family {family.name!r}" if family is not None else "the model"
     oracle_module = _module_of(oracle)
     if oracle_module is None:
-        return BlockParity([], ["the oracle is not a torch module"], atol, rtol)
+        return BlockParity([], ["the oracle is not a torch module"], atol, rtol, owner)
     ours_blocks, theirs_blocks = _blocks(converted), _blocks(oracle_module)
     if len(ours_blocks) != len(theirs_blocks) or not ours_blocks:
-        return BlockParity([], [f"{len(ours_blocks)} blocks in the converted model, {len(theirs_blocks)} in the oracle"],
-                           atol, rtol)
-    pairs, unpaired = dict(zip(ours_blocks, theirs_blocks)), []
+        return BlockParity([], [f"{len(ours_blocks)} blocks in the converted model, {len(theirs_blocks)} in the oracle "
+                                f"(a block: the innermost element of a ModuleList / Sequential with >= {BLOCK_MIN_LEAVES} "
+                                "modules holding parameters)"], atol, rtol, owner)
+    pairs, why = dict(zip(ours_blocks, theirs_blocks)), {}
 
     recorded: dict[str, list] = {}
     modules = dict(oracle_module.named_modules())
@@ -226,33 +269,49 @@ def block_parity(converted, oracle, converted_inputs: dict, oracle_inputs: tuple
             h.remove()
 
     calls: dict[str, int] = {}
+    forced: dict[str, bool] = {}
     errors: dict[str, list] = {}
     order: list[str] = []
     ours = dict(converted.named_modules())
 
     def force(block):
+        where = f"{block} (oracle {pairs[block]})"
+
         def pre(module, args, kwargs):
             k = calls.get(block, 0)
             calls[block] = k + 1
+            forced[block] = False
             taken = recorded.get(pairs[block], [])
             if k >= len(taken) or taken[k][0] is None:
+                why[block] = f"{where}: the oracle block was not called with a tensor (call {k + 1})"
                 return None
+            theirs = taken[k][0]
             if args and isinstance(args[0], torch.Tensor):
-                given = _aligned_to(taken[k][0].clone(), args[0])  # a fresh copy: the block may work in place
-                return None if given is None else ((given, *args[1:]), kwargs)
-            if isinstance(kwargs.get("hidden_states"), torch.Tensor):
-                given = _aligned_to(taken[k][0].clone(), kwargs["hidden_states"])
-                return None if given is None else (args, {**kwargs, "hidden_states": given})
-            return None
+                mine, put = args[0], lambda given: ((given, *args[1:]), kwargs)
+            elif isinstance(kwargs.get("hidden_states"), torch.Tensor):
+                mine, put = kwargs["hidden_states"], lambda given: (args, {**kwargs, "hidden_states": given})
+            else:
+                why[block] = f"{where}: the block takes no tensor as its first argument or hidden_states"
+                return None
+            given = _aligned_to(theirs.clone(), mine, declared)  # a fresh copy: the block may work in place
+            if given is None:
+                why[block] = f"{where}: input {_shape(mine)}, the oracle's input {_shape(theirs)}: no rule aligns them"
+                return None
+            forced[block] = True
+            return put(given)
 
         def post(module, args, kwargs, output):
             k, taken = calls[block] - 1, recorded.get(pairs[block], [])
+            if not forced.get(block):  # a block not run on the oracle's input: its output proves nothing
+                return
             mine = _first_tensor(output)
-            if k < len(taken) and mine is not None and taken[k][1] is not None:
-                theirs = _aligned_to(taken[k][1], mine)
-                if theirs is not None:
-                    errors.setdefault(block, []).append((max_abs_diff(mine, theirs), theirs.abs().max().item()))
-                    order.append(block)
+            theirs = taken[k][1] if k < len(taken) else None
+            aligned = None if mine is None or theirs is None else _aligned_to(theirs, mine, declared)
+            if aligned is None:
+                why[block] = f"{where}: output {_shape(mine)}, the oracle's output {_shape(theirs)}: no rule aligns them"
+                return
+            errors.setdefault(block, []).append((max_abs_diff(mine, aligned), aligned.abs().max().item()))
+            order.append(block)
         return pre, post
 
     handles = []
@@ -272,5 +331,5 @@ def block_parity(converted, oracle, converted_inputs: dict, oracle_inputs: tuple
         scale = max(s for _, s in errors[block])
         blocks.append(BlockError(block, pairs[block], diff, diff / scale if scale else float(diff > 0),
                                  not diff <= max(atol, rtol * scale)))
-    unpaired += [b for b in pairs if b not in errors]
-    return BlockParity(blocks, unpaired, atol, rtol)
+    unpaired = [why.get(b, f"{b} (oracle {pairs[b]}): not called") for b in pairs if b not in errors or b in why]
+    return BlockParity(blocks, unpaired, atol, rtol, owner)

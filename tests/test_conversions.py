@@ -102,7 +102,8 @@ def test_logits(case, original, hf_model, hf_output, oracle_model, pixels, recor
     check = checks.outputs_close(case.id, f"{case.output} vs the oracle", hf_output, reference, case.atol)
     record.figures(**check.figures, images=int(pixels.shape[0]))
     if case.streamed or not check.ok:  # each block on the oracle's input to it: a fault shows where it is
-        parity = block_parity(float32(hf_model), oracle_model, {"pixel_values": pixels[:1]}, (pixels[:1],), case.atol)
+        parity = block_parity(float32(hf_model), oracle_model, {"pixel_values": pixels[:1]}, (pixels[:1],), case.atol,
+                              family=converters.family_of(case))
         record.figures(block_parity=parity.figures())
     if not check.ok:  # and the first module whose output differs, errors accumulated
         where = first_divergence(float32(hf_model), oracle_model, {"pixel_values": pixels[:1]}, (pixels[:1],), case.atol)
