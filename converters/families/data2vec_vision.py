@@ -29,6 +29,7 @@ import torch
 
 from .. import vit
 from ..case import Case
+from ..evaluation import Evaluation
 from ..family import Family, Provenance, Small
 from ..plan import Drop, Plan, Rename
 from ..sources import Unavailable, reachable
@@ -232,19 +233,11 @@ def oracle(case: Case, original):
 # --------------------------------------------------------------------------- sources
 
 
-def source_transform(case: Case):
-    """The original evaluation's preprocessing in torchvision, written from the original code, not
-    from `case.processor` (so the pixel check can catch a wrong processor): resize to the model's
-    square input, bicubic, no centre crop, the BEiT code's Inception mean/std (0.5), which it
-    imports from timm."""
-    from timm.data.constants import IMAGENET_INCEPTION_MEAN, IMAGENET_INCEPTION_STD
-    from torchvision import transforms
-
-    return transforms.Compose([
-        transforms.Resize((case.image_size, case.image_size), interpolation=transforms.InterpolationMode.BICUBIC),
-        transforms.ToTensor(),
-        transforms.Normalize(IMAGENET_INCEPTION_MEAN, IMAGENET_INCEPTION_STD),
-    ])
+# The old conversion script's processor (resize to 224x224, no crop, bicubic, mean/std 0.5)
+EVALUATION = Evaluation(
+    source="huggingface/transformers convert_data2vec_vision_original_pytorch_checkpoint_to_pytorch.py (BeitImageProcessor)",
+    crop_size=IMAGE, warp=True, interpolation="bicubic", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
+)
 
 
 def cache_path(case: Case) -> Path:
@@ -302,7 +295,7 @@ FAMILY = Family(
     configurations=configurations,
     unwrap=("model", "module"),
     allow=(argparse.Namespace,),  # the training arguments stored next to the weights
-    source_transform=source_transform,
+    evaluation=EVALUATION,
     original_file=original_file,
     # both layouts: pre-training and fine-tuned
     mutants=(Small("data2vec_vision_base", _SMALL), Small("data2vec_vision_base_ft1k", {**_SMALL, "num_labels": 32})),
