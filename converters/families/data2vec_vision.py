@@ -91,14 +91,17 @@ def _case(size: str, finetuned: bool) -> Case:
         config=config,
         model_class="Data2VecVisionForImageClassification" if finetuned else "Data2VecVisionModel",
         output="logits" if finetuned else "last_hidden_state",
-        # The original evaluation (the original conversion script): BeitImageProcessor resizing
-        # to 224x224 without keeping the aspect ratio, no centre crop, bicubic, mean/std 0.5.
-        processor_class="BeitImageProcessor",
+        # The original evaluation (EVALUATION): short side to 256, bicubic, centre crop 224, mean/std 0.5.
+        # BitImageProcessor, not BeitImageProcessor (the old conversion script's, which squashed to
+        # 224x224): 4.57.6's BeitImageProcessor refuses {"shortest_edge": ...} (it takes height and
+        # width only), so a saved BEiT config could reproduce the original on 5.x alone.
+        processor_class="BitImageProcessor",
         processor=dict(
             do_resize=True,
-            size={"height": IMAGE, "width": IMAGE},
+            size={"shortest_edge": 256},
             resample=3,  # PIL bicubic
-            do_center_crop=False,
+            do_center_crop=True,
+            crop_size={"height": IMAGE, "width": IMAGE},
             do_normalize=True,
             image_mean=[0.5, 0.5, 0.5],
             image_std=[0.5, 0.5, 0.5],
@@ -233,10 +236,16 @@ def oracle(case: Case, original):
 # --------------------------------------------------------------------------- sources
 
 
-# The old conversion script's processor (resize to 224x224, no crop, bicubic, mean/std 0.5)
+# facebookresearch/data2vec_vision beit/datasets.py build_transform(is_train=False) (the BEiT code,
+# identical in microsoft/unilm beit/datasets.py), with run_class_finetuning.py's defaults, which the
+# README's fine-tuning commands keep: crop_pct None -> 224/256, so Resize(int(224 / (224/256)) = 256,
+# interpolation=3 (bicubic)) and CenterCrop(224); --imagenet_default_mean_and_std off -> timm's
+# Inception mean/std (0.5). The pre-training commands set that flag (ImageNet mean/std), but the
+# backbones are evaluated by fine-tuning through this same transform: all four cases declare it.
 EVALUATION = Evaluation(
-    source="huggingface/transformers convert_data2vec_vision_original_pytorch_checkpoint_to_pytorch.py (BeitImageProcessor)",
-    crop_size=IMAGE, warp=True, interpolation="bicubic", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
+    source="facebookresearch/data2vec_vision beit/datasets.py build_transform(is_train=False) "
+           "(run_class_finetuning.py defaults)",
+    crop_size=IMAGE, crop_pct=224 / 256, interpolation="bicubic", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
 )
 
 
