@@ -44,6 +44,7 @@ FAMILY_MODULE = '''\
 from dataclasses import replace
 
 from converters.case import IMAGENET_MEAN, IMAGENET_STD
+from converters.evaluation import Evaluation
 from converters.families import regnet_seer
 
 GROUP_WIDTH, SIZE = {group_width}, {image}
@@ -56,15 +57,12 @@ CASE = replace(
 )
 
 
-def source_transform(case):
-    """SEER's evaluation (short side, bicubic; centre crop; ImageNet mean/std) at SIZE."""
-    from timm.data import create_transform
-
-    return create_transform(input_size=(3, SIZE, SIZE), interpolation="bicubic", crop_pct=1.0,
-                            mean=IMAGENET_MEAN, std=IMAGENET_STD)
+# SEER's evaluation (short side, bicubic; centre crop; ImageNet mean/std) at SIZE
+EVALUATION = Evaluation(source="benchmark: SEER's evaluation at SIZE", crop_size=SIZE, shortest_edge=SIZE,
+                        mean=IMAGENET_MEAN, std=IMAGENET_STD)
 
 
-FAMILY = replace(regnet_seer.FAMILY, name="{case_id}", cases=(CASE,), mutants=(), source_transform=source_transform)
+FAMILY = replace(regnet_seer.FAMILY, name="{case_id}", cases=(CASE,), mutants=(), evaluation=EVALUATION)
 '''
 
 

@@ -97,13 +97,9 @@ def image_processor(case: Case):
 
 
 def source_transform(case: Case):
-    """The original evaluation preprocessing (PIL image -> tensor); timm's own by default."""
-    family = family_of(case)
-    if family.source_transform is not None:
-        return family.source_transform(case)
-    from .reference import timm_transform
-
-    return timm_transform(case.timm_tag)
+    """The original evaluation preprocessing (PIL image -> tensor), built from the family's
+    declaration (`Family.evaluation`, validated by the registry)."""
+    return family_of(case).evaluation_of(case).transform()
 
 
 def oracle(case: Case, original: Mapping[str, torch.Tensor]):

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from .case import Case
+from .evaluation import Evaluation, TimmEvaluation
 
 if TYPE_CHECKING:  # the registry lists families without importing torch
     from .plan import Plan
@@ -86,9 +87,10 @@ class Family:
     unwrap: tuple[str, ...] = ()
     # Classes `torch.load(weights_only=True)` may construct for this family's files
     allow: tuple[type, ...] = ()
-    # Case -> the original evaluation preprocessing (PIL image -> tensor).
-    # Default: timm's evaluation transform of `case.timm_tag`.
-    source_transform: Callable[[Case], Callable] | None = None
+    # The original evaluation preprocessing, declared as data (converters.evaluation): an
+    # `Evaluation` read from the original repository's evaluation code, or Case -> one; or
+    # `timm_evaluation` when the original is timm itself. Required: no default (the registry says so).
+    evaluation: Evaluation | Callable[[Case], Evaluation | TimmEvaluation] | None = None
     # (Case, download) -> the real original file. Default: `case.url` through torch.hub's cache
     # (`converters.sources.original_file`). Cases with `extra_files` resolve those by URL too.
     original_file: Callable[[Case, bool], Path] | None = None
@@ -112,6 +114,12 @@ class Family:
 
     def case_ids(self) -> list[str]:
         return [c.id for c in self.cases]
+
+    def evaluation_of(self, case: Case) -> Evaluation | TimmEvaluation | None:
+        """The case's declared original evaluation (None: not declared)."""
+        if self.evaluation is None or isinstance(self.evaluation, Evaluation):
+            return self.evaluation
+        return self.evaluation(case)
 
     def provenance_of(self, case: Case) -> Provenance | None:
         """The family's provenance with the case's overrides (`Case.provenance`) applied."""

@@ -18,6 +18,7 @@ import pkgutil
 from functools import lru_cache
 
 from .case import Case
+from .evaluation import DECLARED as EVALUATIONS
 from .family import PROVENANCE_FIELDS, TRANSFORMERS_LINES, Family
 from .licences import HUB_LICENCES, SOURCE as LICENCES_SOURCE
 
@@ -67,7 +68,27 @@ def _load(package: str, name: str) -> Family:
     if unknown:
         raise FamilyError(f"family module {where}: FAMILY.transformers_lines {unknown} not in {list(TRANSFORMERS_LINES)}")
     _check_provenance(where, family)
+    _check_evaluation(where, family)
     return family
+
+
+def _check_evaluation(where: str, family: Family) -> None:
+    """Every case has a declared original evaluation: there is no default, so a family whose
+    original is not timm cannot be checked against timm's transform by omission."""
+    if family.evaluation is None:
+        raise FamilyError(f"family {family.name!r} ({where}): member `evaluation` is not declared: declare the "
+                          "original evaluation as converters.evaluation.Evaluation(...) (resize rule, crop, "
+                          "interpolation, mean/std, source = the original repository, file and function), "
+                          "or evaluation=timm_evaluation if the original is timm")
+    for case in family.cases:
+        try:
+            declared = family.evaluation_of(case)
+        except Exception as e:
+            raise FamilyError(f"family {family.name!r} ({where}): member `evaluation` failed for case {case.id!r}: "
+                              f"{type(e).__name__}: {e}") from e
+        if not isinstance(declared, EVALUATIONS):
+            raise FamilyError(f"family {family.name!r} ({where}): member `evaluation` gave {type(declared).__name__} "
+                              f"for case {case.id!r}, expected an Evaluation (or timm_evaluation)")
 
 
 def _check_provenance(where: str, family: Family) -> None:

@@ -29,7 +29,7 @@ from converters.registry import _load
 base = _load("converters.families", "convnextv2")
 CASES = (dataclasses.replace(base.cases[0], id="{case_id}", family="{name}"),)
 FAMILY = Family(name="{name}", cases=CASES, plan=base.plan, original_layout=base.original_layout,
-                oracle=base.oracle, configurations=base.configurations{extra})
+                oracle=base.oracle, configurations=base.configurations, evaluation=base.evaluation{extra})
 '''
 
 
@@ -63,6 +63,10 @@ def test_a_family_of_ones_own_is_discovered_with_the_builtin_ones(package):
     (GOOD.format(name="other", case_id="broken_tiny", extra=""), r"myfamilies\.broken: FAMILY\.name is 'other'"),
     (GOOD.format(name="broken", case_id="convnextv2_atto_1k_224", extra=""),
      r"myfamilies\.broken: case id 'convnextv2_atto_1k_224' already declared by family 'convnextv2'"),
+    (GOOD.format(name="broken", case_id="broken_tiny", extra="").replace(", evaluation=base.evaluation", ""),
+     r"family 'broken' \(myfamilies\.broken\): member `evaluation` is not declared"),
+    (GOOD.format(name="broken", case_id="broken_tiny", extra="").replace("base.evaluation", "lambda case: None"),
+     r"family 'broken' \(myfamilies\.broken\): member `evaluation` gave NoneType for case 'broken_tiny'"),
     (GOOD.format(name="broken", case_id="broken_tiny", extra=", transformers_lines=('==4.40',)"),
      r"myfamilies\.broken: FAMILY\.transformers_lines \['==4\.40'\]"),
 ])

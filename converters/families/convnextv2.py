@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from ..case import IMAGENET_MEAN, IMAGENET_STD, Case
+from ..evaluation import timm_evaluation
 from ..family import Family, Provenance, Small
 from ..plan import Plan, Rename
 
@@ -157,6 +158,7 @@ def configurations(case: Case, tiny: bool):
 
 
 FAMILY = Family(
+    evaluation=timm_evaluation,
     name="convnextv2",
     cases=CASES,
     plan=plan,

@@ -29,6 +29,7 @@ import torch
 
 from .. import vit
 from ..case import Case
+from ..evaluation import Evaluation
 from ..family import Family, Provenance, Small
 from ..plan import Drop, Plan, Rename
 from ..sources import Unavailable, reachable
@@ -90,14 +91,17 @@ def _case(size: str, finetuned: bool) -> Case:
         config=config,
         model_class="Data2VecVisionForImageClassification" if finetuned else "Data2VecVisionModel",
         output="logits" if finetuned else "last_hidden_state",
-        # The original evaluation (the original conversion script): BeitImageProcessor resizing
-        # to 224x224 without keeping the aspect ratio, no centre crop, bicubic, mean/std 0.5.
-        processor_class="BeitImageProcessor",
+        # The original evaluation (EVALUATION): short side to 256, bicubic, centre crop 224, mean/std 0.5.
+        # BitImageProcessor, not BeitImageProcessor (the old conversion script's, which squashed to
+        # 224x224): 4.57.6's BeitImageProcessor refuses {"shortest_edge": ...} (it takes height and
+        # width only), so a saved BEiT config could reproduce the original on 5.x alone.
+        processor_class="BitImageProcessor",
         processor=dict(
             do_resize=True,
-            size={"height": IMAGE, "width": IMAGE},
+            size={"shortest_edge": 256},
             resample=3,  # PIL bicubic
-            do_center_crop=False,
+            do_center_crop=True,
+            crop_size={"height": IMAGE, "width": IMAGE},
             do_normalize=True,
             image_mean=[0.5, 0.5, 0.5],
             image_std=[0.5, 0.5, 0.5],
@@ -232,19 +236,17 @@ def oracle(case: Case, original):
 # --------------------------------------------------------------------------- sources
 
 
-def source_transform(case: Case):
-    """The original evaluation's preprocessing in torchvision, written from the original code, not
-    from `case.processor` (so the pixel check can catch a wrong processor): resize to the model's
-    square input, bicubic, no centre crop, the BEiT code's Inception mean/std (0.5), which it
-    imports from timm."""
-    from timm.data.constants import IMAGENET_INCEPTION_MEAN, IMAGENET_INCEPTION_STD
-    from torchvision import transforms
-
-    return transforms.Compose([
-        transforms.Resize((case.image_size, case.image_size), interpolation=transforms.InterpolationMode.BICUBIC),
-        transforms.ToTensor(),
-        transforms.Normalize(IMAGENET_INCEPTION_MEAN, IMAGENET_INCEPTION_STD),
-    ])
+# facebookresearch/data2vec_vision beit/datasets.py build_transform(is_train=False) (the BEiT code,
+# identical in microsoft/unilm beit/datasets.py), with run_class_finetuning.py's defaults, which the
+# README's fine-tuning commands keep: crop_pct None -> 224/256, so Resize(int(224 / (224/256)) = 256,
+# interpolation=3 (bicubic)) and CenterCrop(224); --imagenet_default_mean_and_std off -> timm's
+# Inception mean/std (0.5). The pre-training commands set that flag (ImageNet mean/std), but the
+# backbones are evaluated by fine-tuning through this same transform: all four cases declare it.
+EVALUATION = Evaluation(
+    source="facebookresearch/data2vec_vision beit/datasets.py build_transform(is_train=False) "
+           "(run_class_finetuning.py defaults)",
+    crop_size=IMAGE, crop_pct=224 / 256, interpolation="bicubic", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
+)
 
 
 def cache_path(case: Case) -> Path:
@@ -302,7 +304,7 @@ FAMILY = Family(
     configurations=configurations,
     unwrap=("model", "module"),
     allow=(argparse.Namespace,),  # the training arguments stored next to the weights
-    source_transform=source_transform,
+    evaluation=EVALUATION,
     original_file=original_file,
     # both layouts: pre-training and fine-tuned
     mutants=(Small("data2vec_vision_base", _SMALL), Small("data2vec_vision_base_ft1k", {**_SMALL, "num_labels": 32})),

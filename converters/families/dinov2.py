@@ -30,6 +30,7 @@ import torch
 
 from .. import vit
 from ..case import IMAGENET_MEAN, IMAGENET_STD, Case
+from ..evaluation import Evaluation
 from ..family import Family, Provenance, Small
 from ..plan import Line, Plan, Rename, Split
 
@@ -262,18 +263,12 @@ def oracle(case: Case, original, antialias: bool | None = None):
 # --------------------------------------------------------------------------- sources
 
 
-def source_transform(case: Case):
-    """The original evaluation's preprocessing, written from the original code (not from
-    `case.processor`, so the pixel check can catch a wrong processor): resize the short side to
-    256 (bicubic), centre crop 224, ImageNet mean/std."""
-    from torchvision import transforms
-
-    return transforms.Compose([
-        transforms.Resize(256, interpolation=transforms.InterpolationMode.BICUBIC),
-        transforms.CenterCrop(EVAL),
-        transforms.ToTensor(),
-        transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-    ])
+# dinov2/data/transforms.py make_classification_eval_transform(): short side to 256, bicubic,
+# centre crop 224, ImageNet mean/std
+EVALUATION = Evaluation(
+    source="facebookresearch/dinov2 dinov2/data/transforms.py make_classification_eval_transform()",
+    crop_size=EVAL, shortest_edge=256, interpolation="bicubic", mean=IMAGENET_MEAN, std=IMAGENET_STD,
+)
 
 
 def configurations(case: Case, tiny: bool):
@@ -316,7 +311,7 @@ FAMILY = Family(
     original_layout=original_layout,
     oracle=oracle,
     configurations=configurations,
-    source_transform=source_transform,
+    evaluation=EVALUATION,
     mutants=(
         Small("dinov2_vits14", _SMALL, 28),
         Small("dinov2_vits14_reg4", {**_SMALL, "use_swiglu_ffn": True}, 28),

@@ -31,6 +31,7 @@ from torch import nn
 
 from .. import compat
 from ..case import IMAGENET_MEAN, IMAGENET_STD, Case
+from ..evaluation import timm_evaluation
 from ..family import Family, Provenance, Small
 from ..plan import Drop, Plan, Rename
 from ..trace import Order, as_plan, trace_map
@@ -337,6 +338,7 @@ def configurations(case: Case, tiny: bool):
 
 
 FAMILY = Family(
+    evaluation=timm_evaluation,
     name="regnet_seer",
     provenance=PROVENANCE,
     cases=CASES,

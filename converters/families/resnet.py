@@ -18,6 +18,7 @@ import torch
 
 from .. import compat
 from ..case import IMAGENET_MEAN, IMAGENET_STD, Case
+from ..evaluation import timm_evaluation
 from ..family import Family, Provenance, Small
 from ..plan import Plan, meta_state
 from ..sources import Unavailable, cache_path, reachable
@@ -208,6 +209,7 @@ def configurations(case: Case, tiny: bool):
 
 
 FAMILY = Family(
+    evaluation=timm_evaluation,
     name="resnet",
     provenance=PROVENANCE,
     cases=CASES,

@@ -15,6 +15,7 @@ import torch
 
 from .. import vit
 from ..case import Case
+from ..evaluation import timm_evaluation
 from ..family import TRANSFORMERS_LINES, Family, Provenance
 from ..plan import Plan, Rename, meta_state
 from ..sources import Unavailable, reachable
@@ -155,6 +156,7 @@ def configurations(case: Case, tiny: bool):
 
 
 FAMILY = Family(
+    evaluation=timm_evaluation,
     name="vit_hybrid",
     provenance=PROVENANCE,
     cases=CASES,
