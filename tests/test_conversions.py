@@ -34,7 +34,16 @@ def test_key_coverage(case, original, converted, record):
     assert check.ok, f"{first}\nhint: {hint}\n{rest}" if hint else check.message
 
 
-@pytest.mark.check("pixel_values")
+def test_key_coverage_at_real_size(case):
+    """Every case's plan at its published size in the default run, whichever run holds its forward
+    checks (`converters.selection`): on the original layout's meta tensors (no memory, no weights)
+    against the transformers model's, every key consumed once, every target key produced, shapes
+    equal. The key_coverage check does the same on the weights loaded."""
+    _, coverage = converters.convert(case, converters.original_layout(case))
+    assert coverage.ok, f"{case.id}: key coverage at real size (meta tensors):\n{coverage.describe()}"
+
+
+@pytest.mark.check("pixel_values", light=True)  # light: no model, so every case's runs in the default run
 def test_pixel_values(case, all_images, hf_processor, source_transform, record, request):
     """The transformers processor reproduces the original evaluation preprocessing exactly, on every
     test image (synthetic sizes, photographs, grayscale, RGBA, palette, extreme shapes) as a user

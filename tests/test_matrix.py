@@ -42,8 +42,25 @@ def test_tox_offline_envs_pin_both_transformers_lines():
         assert name in ini["testenv"]["setenv"]
     assert "--weights random" in ini["testenv"]["commands"] and "-n 2" in ini["testenv"]["commands"]
     nightly = ini["testenv:nightly"]
-    assert "--weights pretrained" in nightly["commands"] and "reachable(" in nightly["commands"]
+    assert "--weights pretrained --full" in nightly["commands"] and "reachable(" in nightly["commands"]
     assert "HYPOTHESIS_PROFILE = thorough" in nightly["setenv"]
+    assert "--full" not in ini["testenv"]["commands"]  # the default run (tf5, tf4) leaves the full run's checks out
+
+
+def test_tox_full_env_is_the_full_run_offline_on_random_weights():
+    """`tox -e full`: every check of every case (the plugin's --full), offline (the base env's setenv),
+    random weights, on the line TRANSFORMERS_SPEC picks; the nightly runs it per (family, line)."""
+    ini = tox()
+    full = ini["testenv:full"]
+    assert full["commands"].strip() == "pytest -n 2 --weights random --full {posargs}"
+    assert "setenv" not in full and "HF_HUB_OFFLINE = 1" in ini["testenv"]["setenv"]
+    assert full["deps"].strip() == "transformers{env:TRANSFORMERS_SPEC:>=5,<6}" and "TRANSFORMERS_SPEC" in full["passenv"]
+    workflow = yaml.safe_load((ROOT / ".github" / "workflows" / "nightly.yml").read_text())
+    job = workflow["jobs"]["full"]
+    assert job["needs"] == "families" and job["strategy"]["matrix"] == workflow["jobs"]["convert"]["strategy"]["matrix"]
+    assert job["env"] == workflow["jobs"]["convert"]["env"]
+    run = next(step["run"] for step in job["steps"] if step.get("name") == "Run")
+    assert run.startswith('tox -e full -- -m "$MARKERS"')
 
 
 def test_nightly_matrix_is_generated_from_the_registry():

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import converters
 import torch
-from converters import export
+from converters import export, selection
 from fixtures import plugin
 from fixtures.session import Results, summary
 
@@ -30,7 +30,7 @@ def test_case_status_says_cached_reachable_or_no_without_downloading(tmp_path, m
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     asked = []
     status = plugin.case_status(ATTO, lambda url: asked.append(url) or False)
-    assert status == {"case": ATTO.id, "family": "convnextv2", "weights": "no", "large": False,
+    assert status == {"case": ATTO.id, "family": "convnextv2", "weights": "no", "checks": selection.where(ATTO).why,
                       "supported": True, "published": ATTO.published_repo}
     assert asked == [ATTO.url]
     assert plugin.case_status(ATTO, lambda url: True)["weights"] == "reachable"
@@ -38,7 +38,7 @@ def test_case_status_says_cached_reachable_or_no_without_downloading(tmp_path, m
     assert plugin.case_status(ATTO, lambda url: False)["weights"] == "cached"
     assert sorted(cached.parent.iterdir()) == [cached]  # nothing downloaded beside it
     huge = converters.get("convnextv2_huge_22k_512")
-    assert plugin.case_status(huge, lambda url: False)["large"] is True
+    assert plugin.case_status(huge, lambda url: False)["checks"].startswith("full: ")
 
 
 def test_cases_option_lists_every_case_and_runs_nothing(tmp_path):
@@ -49,8 +49,10 @@ def test_cases_option_lists_every_case_and_runs_nothing(tmp_path):
     lines = result.stdout.splitlines()
     rows = {line.split()[0]: line.split() for line in lines[1:] if line.split() and line.split()[0] in {c.id for c in converters.cases()}}
     assert set(rows) == {c.id for c in converters.cases()}
-    assert rows[ATTO.id][1:] == ["convnextv2", "no", "no", "yes", ATTO.published_repo]
-    assert rows["convnextv2_huge_22k_512"][3] == "yes"
+    assert rows[ATTO.id][1:] == ["convnextv2", "no", "default", "yes", ATTO.published_repo]
+    assert rows["convnextv2_huge_22k_512"][3] == "full"
+    huge = next(i for i, line in enumerate(lines) if line.startswith("convnextv2_huge_22k_512 "))
+    assert lines[huge + 1].strip() == selection.where(converters.get("convnextv2_huge_22k_512")).why  # and why, below it
     assert "passed" not in result.stdout and "collected" not in result.stdout
 
 

@@ -1,0 +1,71 @@
+"""Where each case's forward checks run: the default run or the full run, derived from the registry.
+
+Cases of one layout differ in widths, depths and resolution, not in what the plan does: one of them
+at real size proves the plan, the processor and the model together for that layout. So the default
+run (`tox -e tf5`, `tox -e tf4`) holds the forward checks of one case per layout of each family, the
+cheapest; those of the other cases run in the full run (`pytest --full`: `tox -e full`, the nightly).
+Every case's real-size key coverage (meta tensors) and pixel check stay in the default run, and so do
+every family's mutants and property tests, which do not depend on this.
+
+A layout is the model class and the original checkpoint's key names with their numeric indices
+templated (`stages.N.N.dwconv.weight`): depths and widths do not change it, a block of another kind
+(a bottleneck's `conv3`, SwiGLU's `w12`), register tokens or a head do. The cheapest case of a layout
+has the fewest parameters in the checkpoint the default run makes (`Case.for_random_weights`), then
+the smallest image, then comes first in its family. A case its family marks `large` (too heavy for
+the default run even as its layout's only case) is never chosen: its layout then runs in full only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+from .case import Case
+from .registry import cases, packages
+
+
+@dataclass(frozen=True)
+class Where:
+    default: bool  # the case's forward checks run in the default run
+    why: str  # one phrase: what `pytest --cases`, skip reasons and README's table say
+
+
+def layout_signature(case: Case, layout: dict) -> tuple[str, frozenset[str]]:
+    """(model class, the original keys with every all-digit segment replaced by N)."""
+    return case.model_class, frozenset(".".join("N" if part.isdigit() else part for part in key.split(".")) for key in layout)
+
+
+def plan(all_cases: list[Case]) -> dict[str, Where]:
+    """case id -> Where, for `all_cases` grouped by (family, layout)."""
+    from .core import original_layout
+
+    groups: dict[tuple, list[Case]] = {}
+    cost = {}
+    for case in all_cases:
+        layout = original_layout(case.for_random_weights())  # the checkpoint the default run makes
+        cost[case.id] = (sum(t.numel() for t in layout.values()), case.image_size)  # parameters, then image side
+        groups.setdefault((case.family, layout_signature(case, layout)), []).append(case)
+    where = {}
+    for group in groups.values():
+        runnable = [c for c in group if "large" not in c.marks]
+        chosen = min(runnable, key=lambda c: (*cost[c.id], group.index(c))) if runnable else None
+        for case in group:
+            if case is chosen:
+                others = len(group) - 1
+                where[case.id] = Where(True, f"default: the cheapest of the {others + 1} cases of its layout"
+                                       if others else "default: the only case of its layout")
+            elif chosen is not None:
+                where[case.id] = Where(False, f"full: its layout runs in the default run as {chosen.id}")
+            else:
+                where[case.id] = Where(False, "full: its family marks it large, as every case of its layout")
+    return where
+
+
+@lru_cache(maxsize=None)
+def _registry_plan(package_list: tuple[str, ...]) -> dict[str, Where]:
+    return plan(cases())
+
+
+def where(case: Case) -> Where:
+    """Where the case's forward checks run, for the registry's cases (computed once per set of packages)."""
+    return _registry_plan(packages())[case.id]
