@@ -49,7 +49,10 @@ def staging_dir(parent: Path, name: str) -> Path:
     parent.mkdir(parents=True, exist_ok=True)
     folder = Path(tempfile.mkdtemp(prefix=f".staging-{name}-{os.getpid()}-", dir=parent))
     fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # new and ours: nobody else can hold it
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # new and ours: nobody else can hold it
+    except OSError:  # a file system without flock on directories: no lock, and no run can take one to remove it
+        pass
     _HELD[str(folder)] = fd
     return folder
 
@@ -73,7 +76,7 @@ def remove_stale_staging(parent: Path) -> list[Path]:
             continue
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:  # held: a live run works in it
+        except OSError:  # held: a live run works in it (or no lock can be had here: kept, to be safe)
             os.close(fd)
             continue
         try:
