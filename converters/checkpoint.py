@@ -19,6 +19,10 @@ from typing import Iterable, Mapping
 
 import torch
 
+from .quote import listing, quote
+
+MAX_DEPTH = 64  # nested entries: vissl's files go 5 deep; a file 5 000 deep is not a checkpoint
+
 
 class CheckpointError(Exception):
     def __init__(self, case_id: str, path: os.PathLike | str, reason: str):
@@ -97,24 +101,26 @@ def load(
             found, ignored = _entry(obj, name.split("."))
             if isinstance(found, Mapping):
                 loaded.unwrapped, loaded.ignored = name, ignored
-                obj = _flatten(found)  # nested parts (vissl's trunk and heads) become dotted keys
+                obj = _flatten(found, case_id, path)  # nested parts (vissl's trunk and heads) become dotted keys
                 break
     if not isinstance(obj, Mapping):
         raise CheckpointError(case_id, path, f"holds a {type(obj).__name__}, expected a state dict")
     not_tensors = sorted(str(k) for k, v in obj.items() if not isinstance(v, torch.Tensor))
     if not_tensors:
         hint = f" (expected the weights under one of {list(unwrap)})" if unwrap else ""
-        raise CheckpointError(case_id, path, f"entries that are not tensors: {', '.join(not_tensors[:20])}{hint}")
+        raise CheckpointError(case_id, path, f"{len(not_tensors)} entries that are not tensors: {listing(not_tensors, limit=20, count=False)}{hint}")
     # Memory-mapped (streamed) files too: the scan reads file-backed pages, no anonymous memory.
     non_finite = sorted(k for k, v in obj.items() if not is_finite(v)) if checks else []
     if non_finite:  # the checks would compare NaN with NaN and point the wrong way
         raise non_finite_error(case_id, path, non_finite)
-    loaded.state = dict(obj)
+    # A non-contiguous view (bit-equal values) would send CPU kernels down another path: outputs
+    # 2.1e-06 off the same weights saved and reloaded (contiguous). One copy of such a tensor only.
+    loaded.state = {k: v if v.is_contiguous() else v.contiguous() for k, v in obj.items()}
     return loaded
 
 
 def non_finite_error(case_id: str, path, keys) -> CheckpointError:
-    return CheckpointError(case_id, path, f"non-finite values (NaN or Inf) in {len(keys)} tensors: {', '.join(sorted(keys))}")
+    return CheckpointError(case_id, path, f"non-finite values (NaN or Inf) in {len(keys)} tensors: {listing(sorted(keys), limit=20, count=False)}")
 
 
 def corrupt_error(case_id: str, path, member: str) -> CheckpointError:
@@ -142,13 +148,21 @@ def _entry(obj: Mapping, path: list[str]):
     return obj, ignored
 
 
-def _flatten(obj: Mapping, prefix: str = "") -> dict:
-    out = {}
-    for key, value in obj.items():
-        if isinstance(value, Mapping):
-            out |= _flatten(value, f"{prefix}{key}.")
-        else:
+def _flatten(obj: Mapping, case_id: str, path) -> dict:
+    """Nested entries as dotted keys, iteratively; deeper than MAX_DEPTH is an error, not a RecursionError."""
+    out, stack = {}, [("", iter(obj.items()))]  # in file order, as a recursion would go
+    while stack:
+        prefix, items = stack[-1]
+        for key, value in items:
+            if isinstance(value, Mapping):
+                if len(stack) >= MAX_DEPTH:
+                    raise CheckpointError(case_id, path, f"entries nested more than {MAX_DEPTH} deep (under "
+                                          f"{quote(prefix + str(key), 80)}): not a state dict")
+                stack.append((f"{prefix}{key}.", iter(value.items())))
+                break
             out[f"{prefix}{key}"] = value
+        else:
+            stack.pop()
     return out
 
 
@@ -159,7 +173,7 @@ def _load_safetensors(path: Path, case_id: str):
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(case_id, path, f"not a readable safetensors file ({e})") from None
+        raise CheckpointError(case_id, path, f"not a readable safetensors file ({quote(e)})") from None
 
 
 def verify_zip(path: Path, case_id: str, chunk: int = 1 << 24, skip=frozenset()) -> None:
@@ -181,7 +195,7 @@ def verify_zip(path: Path, case_id: str, chunk: int = 1 << 24, skip=frozenset())
                     bad = info.filename
                     break
     except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
-        raise CheckpointError(case_id, path, f"corrupt torch checkpoint ({e})") from None
+        raise CheckpointError(case_id, path, f"corrupt torch checkpoint ({quote(e)})") from None
     if bad is not None:
         raise corrupt_error(case_id, path, bad)
 
@@ -245,9 +259,11 @@ def _load_pickle(path: Path, case_id: str, allow: tuple, mmap: bool, crc: bool =
         raise CheckpointError(
             case_id, path, f"refused to unpickle {what}: weights_only loading never runs code from a checkpoint"
         ) from None
+    except RecursionError:  # a pickle nested thousands deep: one error, not a traceback per check
+        raise CheckpointError(case_id, path, "objects nested too deep to load: not a checkpoint") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if mmap and "unable to mmap" in first:  # torch's words when the kernel refuses (ENODEV: FUSE, some network mounts)
             raise CheckpointError(case_id, path, f"cannot be memory-mapped: its file system does not support mmap ({first}); "
                                   "copy it to a local disk and pass that copy with --checkpoint") from None
-        raise CheckpointError(case_id, path, f"truncated or not a torch checkpoint ({first})") from None
+        raise CheckpointError(case_id, path, f"truncated or not a torch checkpoint ({quote(first)})") from None

@@ -13,7 +13,8 @@ from typing import Mapping
 import torch
 
 from .metrics import compare, max_abs_diff
-from .plan import Coverage, Plan
+from .plan import DESCRIBED, Coverage, Plan
+from .quote import quote
 
 
 @dataclass
@@ -25,7 +26,7 @@ class Check:
 
 def key_coverage(case_id: str, coverage: Coverage) -> Check:
     problems = coverage.problems()
-    message = f"{case_id}: key coverage failed, {len(problems)} problems:\n" + "\n".join(problems)
+    message = f"{case_id}: key coverage failed, {len(problems)} problems:\n" + coverage.describe()
     return Check(coverage.ok, message, {"problems": len(problems), "dropped": coverage.dropped})
 
 
@@ -49,11 +50,17 @@ def round_trip(case_id: str, plan: Plan, converted: Mapping, original: Mapping) 
         diff = max_abs_diff(back[key], value)
         worst = max(worst, diff)
         if back[key].dtype != value.dtype or diff != 0.0:
-            changed.append(f"tensor changed: {key} ({back[key].dtype} {tuple(back[key].shape)} vs {value.dtype} "
+            changed.append(f"tensor changed: {quote(key)} ({back[key].dtype} {tuple(back[key].shape)} vs {value.dtype} "
                            f"{tuple(value.shape)}, max abs diff {diff:.3g})")
     problems = coverage.problems() + changed
-    message = (f"{case_id}: round trip is not exact, max abs diff {worst:.3g} > tolerance 0, "
-               f"{len(problems)} problems:\n" + "\n".join(problems))
+    failed = [f"{len(items)} {what}" for what, items in (
+        ("converted keys no rule maps back", coverage.unconsumed), ("original keys not given back", coverage.missing),
+        ("keys given back that the original lacks", coverage.unexpected), ("of another shape", coverage.shape_mismatches),
+        ("given back twice", coverage.duplicates), (f"tensors changed (max abs diff {worst:.3g} > tolerance 0)", changed)) if items]
+    listed = ([coverage.describe()] if not coverage.ok else []) + changed[:DESCRIBED]
+    if len(changed) > DESCRIBED:
+        listed.append(f"... and {len(changed) - DESCRIBED} more changed tensors")
+    message = f"{case_id}: round trip is not exact: {'; '.join(failed)}:\n" + "\n".join(listed)
     figures = {"max_abs_diff": worst, "atol": 0.0, "not_restorable": sorted(skipped)}
     return Check(not problems, message, figures)
 

@@ -13,6 +13,7 @@ from . import compat
 from .case import Case, random_state
 from .checkpoint import load
 from .plan import Plan, meta_state
+from .quote import listing
 from .registry import family_of
 
 
@@ -52,7 +53,7 @@ def plan_of(case: Case) -> Plan:
 def _tensors_only(case: Case, state: Mapping, what: str) -> None:
     wrong = [f"{k} ({type(v).__name__})" for k, v in state.items() if not isinstance(v, torch.Tensor)]
     if wrong:
-        raise TypeError(f"{case.id}: {what} takes a state dict of tensors; not tensors: {', '.join(wrong[:20])}")
+        raise TypeError(f"{case.id}: {what} takes a state dict of tensors; not tensors: {listing(wrong, limit=20, count=False)}")
 
 
 def convert(case: Case, original: Mapping[str, torch.Tensor]):

@@ -6,13 +6,17 @@ reader (or a crash) never sees a half-written output, and an existing output is 
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import math
 import os
 import platform
 import re
 import shutil
+import signal
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,21 +39,71 @@ def versions() -> dict[str, str]:
     return {"python": platform.python_version()} | {name: m.__version__ for name, m in mods.items()}
 
 
+_HELD: dict[str, int] = {}  # staging folder -> the open descriptor holding its lock (this process's live stagings)
+
+
 def staging_dir(parent: Path, name: str) -> Path:
-    """A fresh directory on the destination's file system (so the final rename is atomic)."""
+    """A fresh directory on the destination's file system (so the final rename is atomic), locked
+    (flock on the folder) for as long as this process works in it: that lock, not a PID that another
+    PID namespace (a container sharing the folder) cannot see, tells a live staging from a stale one."""
     parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".staging-{name}-{os.getpid()}-", dir=parent))
+    folder = Path(tempfile.mkdtemp(prefix=f".staging-{name}-{os.getpid()}-", dir=parent))
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # new and ours: nobody else can hold it
+    except OSError:  # a file system without flock on directories: no lock, and no run can take one to remove it
+        pass
+    _HELD[str(folder)] = fd
+    return folder
+
+
+def _release(folder: Path) -> None:
+    fd = _HELD.pop(str(folder), None)
+    if fd is not None:
+        os.close(fd)  # closing the descriptor releases the lock
 
 
 def remove_stale_staging(parent: Path) -> list[Path]:
-    """Staging folders left by a killed run (their process is gone): never outputs, only clutter."""
+    """Staging folders left by a killed run (no process holds their lock): never outputs, only
+    clutter. A folder is removed only while this process holds its lock: a live run keeps its own."""
     removed = []
-    for folder in parent.glob(".staging-*-*-*") if parent.is_dir() else ():
-        pid = folder.name.rsplit("-", 2)[-2]
-        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+    for folder in parent.glob(".staging-*") if parent.is_dir() else ():
+        if str(folder) in _HELD or not folder.is_dir() or folder.is_symlink():
+            continue
+        try:
+            fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # held: a live run works in it (or no lock can be had here: kept, to be safe)
+            os.close(fd)
+            continue
+        try:
             shutil.rmtree(folder, ignore_errors=True)
-            removed.append(folder)
+        finally:
+            os.close(fd)
+        removed.append(folder)
     return removed
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt():
+    """SIGTERM (what CI runners and `timeout` send) raises KeyboardInterrupt, as SIGINT does, so the
+    code that removes a staging folder on an interrupt runs for it too. Main thread only; an
+    application's own SIGTERM handler is left alone."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
 
 
 def write_json(path: Path, data) -> None:
@@ -80,12 +134,22 @@ def strict_json(value):
     return value
 
 
+def without_paths(data, paths):
+    """`data` (JSON-like) with every local file path in it, wherever it is quoted (a skip reason, a
+    note), replaced by the file's name: what is published says nothing of the machine it came from."""
+    text = json.dumps(data)
+    for path in sorted({str(p) for p in paths if p}, key=len, reverse=True):
+        text = text.replace(json.dumps(path)[1:-1], json.dumps(os.path.basename(path))[1:-1])
+    return json.loads(text)
+
+
 def publish(staging: Path, final: Path) -> Path:
     """Rename a complete staging folder into place; never replace an existing output."""
     if final.exists():
         raise OutputExists(f"{final} exists and is not overwritten: remove it or choose another --save directory")
     _share_like_umask(staging)
     os.rename(staging, final)  # atomic on one file system; fails rather than replacing a non-empty dir
+    _release(staging)
     return final
 
 
@@ -175,6 +239,7 @@ def load_as_users_do(folder: Path, case) -> AsLoaded:
 
 def discard(staging: Path) -> None:
     shutil.rmtree(staging, ignore_errors=True)
+    _release(staging)
 
 
 # Which validation figures are `model-index` results: the Hub's schema is (task, dataset, metric, value), so a
@@ -248,7 +313,7 @@ def model_card(case, validation: dict):
 {divergences}
 ## Original weights
 
-{_weights(case, provenance, original)}
+{_weights(case, provenance, original, validation["checks"])}
 
 ## Licence
 
@@ -291,17 +356,33 @@ def _shown(source: str) -> str:
     return os.path.basename(source) if os.path.isabs(source) else source
 
 
-def _weights(case, provenance, original: dict) -> str:
+def _weights(case, provenance, original: dict, checks: dict) -> str:
     published = {None: case.url or (f"https://huggingface.co/{provenance.base_model}" if provenance and provenance.base_model else None),
                  **case.extra_files}
     if not original.get("files"):  # synthetic: no file was read
         where = ", ".join(f"`{url}`" for url in published.values() if url) or "its original source"
         return f"{original['source']}: random tensors in the original layout. The published weights are at {where}."
-    lines = ["| file | published at | sha256 |", "|---|---|---|"]
+    lines = ["| file | where from | sha256 |", "|---|---|---|"]
     for f in original["files"]:  # the file name only: a local path says nothing to a reader of the Hub
-        url = f["source"] if str(f["source"]).startswith(("http://", "https://")) else published.get(f["part"])
-        lines.append(f"| {_cell(os.path.basename(f['path']))} | {_code(url) if url else '-'} | `{f['sha256']}` |")
+        url = f["source"] if str(f["source"]).startswith(("http://", "https://")) else None
+        where = f"published at {_code(url)}" if url else _local(published.get(f["part"]), f["sha256"] if f["part"] is None else None,
+                                                                   checks.get("expected_logits", {}))
+        lines.append(f"| {_cell(os.path.basename(f['path']))} | {where} | `{f['sha256']}` |")
     return "\n".join(lines)
+
+
+def _local(url: str | None, sha256: str | None, expected: dict) -> str:
+    """A local file (`--checkpoint`), not fetched from where the weights are published: whether it
+    is the published file is known only from a recorded sha256 of that file (expected_logits)."""
+    said = "a local file, not fetched from " + (_code(url) if url else "a published source")
+    recorded = expected.get("published_sha256")
+    if sha256 is None or "published_sha256" not in expected:
+        return said
+    if recorded is None:
+        return f"{said}; no sha256 of the published file is recorded, so whether it is that file is not known"
+    if recorded == sha256:
+        return f"{said}; its sha256 is the recorded sha256 of the published file"
+    return f"{said}; NOT the published file: its sha256 differs from the published file's (`{recorded[:12]}`)"
 
 
 def _licence(provenance) -> str:

@@ -24,6 +24,9 @@ from typing import Callable, Iterable, Mapping
 
 import torch
 
+from .quote import listing, quote
+
+DESCRIBED = 50  # lines of each kind of coverage problem a message shows (a hostile file can hold 200 000 keys)
 _PLACEHOLDER = re.compile(r"\{(\w+)\}")
 
 
@@ -228,18 +231,24 @@ class Coverage:
         return not (self.unconsumed or self.missing or self.unexpected or self.shape_mismatches or self.duplicates
                     or self.undeclared)
 
-    def problems(self) -> list[str]:
-        lines = list(self.undeclared)  # first: it explains the keys below
-        lines += [f"source key not consumed: {k}" for k in self.unconsumed]
-        lines += [f"target key not produced: {k}" for k in self.missing]
-        lines += [f"produced key not in target: {k}" for k in self.unexpected]
-        lines += [f"shape mismatch: {k} produced {tuple(a)} expected {tuple(b)}" for k, a, b in self.shape_mismatches]
-        lines += [f"target key produced twice: {k} <- {', '.join(src)}" for k, src in self.duplicates]
-        return lines
+    def _kinds(self) -> list[list[str]]:
+        """One line per problem, by kind; key names quoted (a file's keys can hold escapes, newlines)."""
+        return [list(self.undeclared),  # first: it explains the keys below
+                [f"source key not consumed: {quote(k)}" for k in self.unconsumed],
+                [f"target key not produced: {quote(k)}" for k in self.missing],
+                [f"produced key not in target: {quote(k)}" for k in self.unexpected],
+                [f"shape mismatch: {quote(k)} produced {tuple(a)} expected {tuple(b)}" for k, a, b in self.shape_mismatches],
+                [f"target key produced twice: {quote(k)} <- {listing(src, count=False)}" for k, src in self.duplicates]]
 
-    def describe(self) -> str:
-        problems = self.problems()
-        return "\n".join(problems) if problems else "coverage complete"
+    def problems(self) -> list[str]:
+        return [line for kind in self._kinds() for line in kind]
+
+    def describe(self, limit: int = DESCRIBED) -> str:
+        """Every problem, at most `limit` lines of each kind (then how many more)."""
+        lines = []
+        for kind in self._kinds():
+            lines += kind[:limit] + ([f"... and {len(kind) - limit} more {kind[0].partition(':')[0]} problems"] if len(kind) > limit else [])
+        return "\n".join(lines) if lines else "coverage complete"
 
     def as_dict(self) -> dict:
         return {

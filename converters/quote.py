@@ -35,9 +35,10 @@ def quote(text: object, limit: int = MAX_CHARS) -> str:
     return "".join(out) + (f"...({len(text)} chars)" if cut else "")
 
 
-def listing(items: Iterable[object], limit: int = MAX_ITEMS, sep: str = ", ") -> str:
-    """`N: a, b, c, ... (N - limit more)`: the count, then the first `limit` items, each quoted."""
+def listing(items: Iterable[object], limit: int = MAX_ITEMS, sep: str = ", ", count: bool = True) -> str:
+    """`N: a, b, c, ... (N - limit more)`: the count, then the first `limit` items, each quoted
+    (`count=False`: without the leading count, for a sentence that says it)."""
     items = list(items)
     shown = sep.join(quote(item) for item in items[:limit])
     more = f"{sep}... ({len(items) - limit} more)" if len(items) > limit else ""
-    return f"{len(items)}: {shown}{more}"
+    return f"{len(items)}: {shown}{more}" if count else f"{shown}{more}"

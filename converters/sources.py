@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
+import time
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -25,17 +27,49 @@ def cache_path(url: str) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(url).path)
 
 
+_PROBED: dict[tuple[str, int], bool] = {}  # (host, port) -> answer: one probe per host per process
+
+
 def reachable(url: str, timeout: float = 3.0) -> bool:
-    """Can a TCP connection to the URL's host be opened quickly? Offline machines answer at once
-    or within `timeout`, never hang. HF_HUB_OFFLINE=1 means no."""
+    """Can a TCP connection to the URL's host be opened quickly? Asked once per host and port in a
+    process (every case of a session shares the answer); the name lookup and the connection
+    together take at most `timeout`, even where DNS packets are dropped. HF_HUB_OFFLINE=1 means no."""
     if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
         return False
     parsed = urlparse(url)
+    where = (parsed.hostname, parsed.port or 443)
+    if where not in _PROBED:
+        _PROBED[where] = _probe(*where, timeout)
+    return _PROBED[where]
+
+
+def _probe(host: str, port: int, timeout: float) -> bool:
+    # getaddrinfo takes no timeout (a resolver that drops packets: 5 s and more per try): it runs in
+    # a thread that is given up on, not waited for, once the time is spent.
+    deadline = time.monotonic() + timeout
+    found: list = []
+    resolver = threading.Thread(target=lambda: found.append(_resolve(host, port)), daemon=True, name=f"resolve {host}")
+    resolver.start()
+    resolver.join(timeout)
+    for family, kind, proto, _, address in found[0] if found else ():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        try:
+            with socket.socket(family, kind, proto) as connection:
+                connection.settimeout(left)
+                connection.connect(address)
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def _resolve(host: str, port: int) -> list:
     try:
-        with socket.create_connection((parsed.hostname, parsed.port or 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
+        return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        return []
 
 
 def how_to_provide(case: Case, part: str | None = None) -> str:

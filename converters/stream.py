@@ -350,13 +350,14 @@ def convert_file(case: Case, path, destination, shard_bytes: int = DEFAULT_SHARD
         raise export.OutputExists(f"{case.id}: {destination} exists and is not overwritten")
     original = load_original(case, path, mmap=True, checks=False).state  # save checks the source as it writes
     export.remove_stale_staging(destination.parent)  # left by a killed conversion, as --save does
-    staging = export.staging_dir(destination.parent, destination.name)
-    try:
-        streamed = save(case, original, staging, shard_bytes, source_path=path, check_source=True)
-        export.publish(staging, destination)
-    except BaseException:  # KeyboardInterrupt too: an interrupted save leaves nothing behind
-        export.discard(staging)
-        raise
+    with export.terminate_as_interrupt():  # SIGTERM too
+        staging = export.staging_dir(destination.parent, destination.name)
+        try:
+            streamed = save(case, original, staging, shard_bytes, source_path=path, check_source=True)
+            export.publish(staging, destination)
+        except BaseException:  # KeyboardInterrupt too: an interrupted save leaves nothing behind
+            export.discard(staging)
+            raise
     streamed.folder = destination
     return streamed
 

@@ -137,9 +137,11 @@ def test_expected_logits(case, original, hf_model, hf_processor, harness, record
         pytest.fail(f"{case.id}: --update-expected refused: {original.path} is not the published file "
                     f"({case.url or 'no URL'}) and its sha256 {original.sha256[:12]} is not the recorded one "
                     f"({(recorded or 'none')[:12]}); {path} is unchanged", pytrace=False)
+    if not original.published:  # a local --checkpoint file: the card says whether it is the published one
+        record.figures(published_sha256=recorded)
     if not original.published and original.sha256 != recorded:
-        # a local --checkpoint file: the record describes another file (or none is recorded)
-        pytest.skip(f"{original.path} is not the recorded original (sha256 {original.sha256[:12]}, recorded "
+        # the record describes another file (or none is recorded); by name: the reason is published
+        pytest.skip(f"{Path(original.path).name} is not the recorded original (sha256 {original.sha256[:12]}, recorded "
                     f"{(recorded or 'none')[:12]}): expected logits describe the published weights")
     if expected is None and not opts.update_expected:
         pytest.fail(f"{case.id}: no {path} for the published weights; record it with --weights pretrained "

@@ -193,7 +193,7 @@ def test_hints_for_the_common_wrong_file():
     other file is any registry case of another family (generic: none is named here)."""
     other = next(c for c in converters.cases() if c.family != ATTO.family)
     hint = converters.layout_hint(ATTO, converters.original_layout(other))
-    assert "matches the layout of" in hint and f"(family {other.family}, 100% of keys alike)" in hint, hint
+    assert "matches the layout of" in hint and f"(family {other.family}, 100% of keys and shapes alike)" in hint, hint
     state = converters.synthetic_original(ATTO)
     assert converters.layout_hint(ATTO, state) is None
     hint = converters.layout_hint(ATTO, {f"module.{k}": v for k, v in state.items()})
