@@ -191,6 +191,14 @@ class LoadError(RuntimeError):
     """A saved folder the Auto classes cannot load as its case declares; names the file and field."""
 
 
+def error_text(e: BaseException, limit: int = 600) -> str:
+    """An exception for a message: its type and its text on one line, quoted (`converters.quote`):
+    bounded with a visible mark, never cut into a word that reads as something else."""
+    from .quote import quote
+
+    return f"{type(e).__name__}: {quote(' '.join(str(e).split()), limit)}"
+
+
 @dataclass
 class AsLoaded:
     config: object
@@ -202,38 +210,41 @@ class AsLoaded:
 
 def load_as_users_do(folder: Path, case) -> AsLoaded:
     """A saved folder loaded with defaults only, as users load a Hub repo: AutoConfig,
-    AutoImageProcessor (and backend="pil" on 5.x), the task's Auto model class, pipeline()."""
+    AutoImageProcessor (and backend="pil" on 5.x), the task's Auto model class, pipeline(). Never
+    the repo's own code: `trust_remote_code=False` (the default, None, asks on the terminal when a
+    repo maps a class to its Python files, and runs them on `y`)."""
     import transformers
 
     from . import compat
 
     folder = Path(folder)
     try:
-        config = transformers.AutoConfig.from_pretrained(folder)
+        config = transformers.AutoConfig.from_pretrained(folder, trust_remote_code=False)
     except (ValueError, KeyError, OSError) as e:
         raise LoadError(f"{case.id}: {folder / 'config.json'}: AutoConfig cannot load it (field model_type): "
-                        f"{type(e).__name__}: {str(e).splitlines()[0][:300]}") from None
+                        f"{error_text(e)}") from None
     if type(config).__name__ != case.config_class:
         raise LoadError(f"{case.id}: {folder / 'config.json'}: model_type {config.model_type!r} loads "
                         f"{type(config).__name__}, the case declares {case.config_class}")
     try:
-        processor = transformers.AutoImageProcessor.from_pretrained(folder)
+        processor = transformers.AutoImageProcessor.from_pretrained(folder, trust_remote_code=False)
     except Exception as e:
-        raise LoadError(f"{case.id}: {folder / 'preprocessor_config.json'}: AutoImageProcessor cannot load it "
-                        f"({type(e).__name__}: {str(e)[:300]})") from None
+        raise LoadError(f"{case.id}: {folder / 'preprocessor_config.json'}: AutoImageProcessor cannot load it: "
+                        f"{error_text(e)}") from None
     loaded_class = type(processor).__name__.removesuffix("Pil").removesuffix("Fast")
     if loaded_class != case.processor_class:
         raise LoadError(f"{case.id}: {folder / 'preprocessor_config.json'}: field image_processor_type loads "
                         f"{type(processor).__name__}, the case declares {case.processor_class}")
     processors = {"default": processor}
     if compat.MAJOR >= 5:
-        processors["pil"] = transformers.AutoImageProcessor.from_pretrained(folder, backend="pil")
+        processors["pil"] = transformers.AutoImageProcessor.from_pretrained(folder, backend="pil", trust_remote_code=False)
     auto = transformers.AutoModelForImageClassification if case.output == "logits" else transformers.AutoModel
-    model = auto.from_pretrained(folder).eval()
+    model = auto.from_pretrained(folder, trust_remote_code=False).eval()
     if type(model).__name__ != case.model_class:
         raise LoadError(f"{case.id}: {folder / 'config.json'}: {auto.__name__} loads {type(model).__name__}, "
                         f"the case declares {case.model_class}")
-    pipe = transformers.pipeline("image-classification", model=str(folder)) if case.output == "logits" else None
+    pipe = (transformers.pipeline("image-classification", model=str(folder), trust_remote_code=False)
+            if case.output == "logits" else None)
     return AsLoaded(config, processor, processors, model, pipe)
 
 
