@@ -66,6 +66,8 @@ def _figure_value(value, name: str = "") -> str | None:
         return number(value, name)
     if isinstance(value, str):
         return text(value, 120)
+    if isinstance(value, (list, tuple, dict)) and not value:
+        return "none"
     if isinstance(value, (list, tuple)):
         return html.escape(listing(value, limit=6))
     if isinstance(value, dict):

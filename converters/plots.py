@@ -59,18 +59,9 @@ def _figure(width: float, height: float):
     return Figure(figsize=(width, height), dpi=100, layout="constrained")
 
 
-def _plain_text(draw):
-    """Labels are names from a run (module names, photographs): drawn as they are, never parsed as
-    mathtext (`$x$`, or an unbalanced `$` that would raise)."""
-    import functools
-
-    @functools.wraps(draw)
-    def drawn(*args, **kwargs):
-        import matplotlib
-
-        with matplotlib.rc_context({"text.parse_math": False, "text.usetex": False}):
-            return draw(*args, **kwargs)
-    return drawn
+# Labels carry names from a run (module names, photographs, processor classes): drawn as they are,
+# never parsed as mathtext (`$x$`, or an unbalanced `$` that would raise).
+PLAIN = {"parse_math": False}
 
 
 def _encoded(figure, colours: int | None = None) -> bytes:
@@ -89,7 +80,6 @@ def _encoded(figure, colours: int | None = None) -> bytes:
     return out.getvalue()
 
 
-@_plain_text
 def pixel_figure(record: dict, title: str, limit: float | None = None) -> bytes:
     """A PNG: the original evaluation's image, the transformers processor's, and the heat map of
     their difference in grey levels (its colour bar; 0 is black)."""
@@ -98,20 +88,21 @@ def pixel_figure(record: dict, title: str, limit: float | None = None) -> bytes:
     for ax, key, label in ((axes[0], "original", "original evaluation"), (axes[1], "transformers", "transformers processor")):
         image = _array(record[key])
         ax.imshow(image, interpolation="nearest")
-        ax.set_title(f"{label} ({image.shape[1]}x{image.shape[0]})", fontsize=9)
+        ax.set_title(f"{label} ({image.shape[1]}x{image.shape[0]})", fontsize=9, **PLAIN)
     if record.get("levels"):
         levels = _array(record["levels"]).astype("float64") / LEVEL_STEPS
         top = max(1.0, float(levels.max()))
         shown = axes[2].imshow(levels, cmap="inferno", vmin=0.0, vmax=top, interpolation="nearest")
         figure.colorbar(shown, ax=axes[2], shrink=0.85, label="grey levels")
         said = f"max {record['max_levels']:g} grey levels" + (f" (limit {limit:g})" if limit is not None else "")
-        axes[2].set_title(f"difference: {said}", fontsize=9, color="firebrick" if limit is not None and record["max_levels"] > limit else "black")
+        axes[2].set_title(f"difference: {said}", fontsize=9, color="firebrick" if limit is not None and record["max_levels"] > limit else "black",
+                          **PLAIN)
     else:
         axes[2].text(0.5, 0.5, "no difference map:\nthe images' shapes differ", ha="center", va="center", fontsize=10)
     for ax in axes:
         ax.set_xticks([])
         ax.set_yticks([])
-    figure.suptitle(title, fontsize=10)
+    figure.suptitle(title, fontsize=10, **PLAIN)
     return _encoded(figure, colours=256)
 
 
@@ -129,7 +120,6 @@ def _common_prefix(names: list[str]) -> str:
     return ".".join(shared) + "." if shared else ""
 
 
-@_plain_text
 def parity_chart(parity: dict, atol: float | None, title: str) -> bytes:
     """A PNG: each block's max abs diff (log scale) when run on the oracle's input to it, in
     module order, with each block's tolerance (max(atol, rtol x its output)) and atol as lines;
@@ -169,15 +159,16 @@ def parity_chart(parity: dict, atol: float | None, title: str) -> bytes:
             ax.scatter([i], [shown[i]], s=160, facecolors="none", edgecolors=colour, linewidths=1.6, zorder=4)
             ax.annotate(f"{label}: {name}", (i, shown[i]), xytext=offset, textcoords="offset points", fontsize=8,
                         color=colour, ha="left" if i < len(names) * 0.6 else "right",
-                        arrowprops={"arrowstyle": "-", "color": colour})
+                        arrowprops={"arrowstyle": "-", "color": colour}, **PLAIN)
     low, high = ax.get_ylim()
     ax.set_ylim(low, high * 30)  # room above the highest point for its label and the legend
     step = max(1, len(names) // 40)  # at most ~40 labels, without the prefix all share
     prefix = _common_prefix(names)
-    ax.set_xticks(x[::step], [names[i][len(prefix):] for i in x[::step]], rotation=90, fontsize=7)
-    ax.set_xlabel(f"blocks of {prefix.rstrip('.')}, in module order" if prefix else "blocks, in module order", fontsize=8)
+    labels = [names[i][len(prefix):] for i in x[::step]]
+    ax.set_xticks(x[::step], [n if len(n) <= 40 else n[:37] + "..." for n in labels], rotation=90, fontsize=7, **PLAIN)
+    ax.set_xlabel(f"blocks of {prefix.rstrip('.')}, in module order" if prefix else "blocks, in module order", fontsize=8, **PLAIN)
     ax.set_ylabel("max abs diff (0 drawn at the bottom)" if any(d == 0 for d in diffs) else "max abs diff")
-    ax.set_title(title, fontsize=10)
+    ax.set_title(title, fontsize=10, **PLAIN)
     ax.legend(fontsize=7, loc="best")
     ax.grid(True, axis="y", which="major", alpha=0.3)
     return _encoded(figure)

@@ -163,7 +163,7 @@ def test_the_page_renders_in_headless_chromium_every_image_decoded(broken_run, t
 def _evil_results() -> tuple[dict, dict]:
     """A failed case whose reasons, figure keys, block names and audit findings carry markup, ANSI
     escapes and a bidi override; a case with neither images nor parity."""
-    blocks = [["encoder.0", 1e-7, 1e-7], [f"encoder.1{EVIL}$x", 3.0, 0.5], ["encoder.2", 0.0, 0.0]]
+    blocks = [["encoder.0", 1e-7, 1e-7], [f"encoder.1{EVIL}$\\frac{{$x", 3.0, 0.5], ["encoder.2", 0.0, 0.0]]
     cases = {
         "case_a": {"family": "f", "weights": "random", "source": EVIL, "checks": {
             "pixel_values": {"status": "passed", "max_abs_diff": 0.0, "atol": 0.0, "reason": None},
