@@ -84,10 +84,11 @@ def grey_levels(diff: torch.Tensor, image_std) -> float:
     return round((diff.double().abs() * std * 255).amax().item(), 3) if diff.numel() else 0.0
 
 
-def as_loaded(case, folder, oracle, source_transform, photographs: dict) -> Check:
+def as_loaded(case, folder, oracle, source_transform, photographs: dict, pictures: dict | None = None) -> Check:
     """The saved `folder` loaded as users load it (`export.load_as_users_do`) against the original
     evaluation on `photographs` (name -> PIL image): per processor path ("default", and "pil" on
-    5.x) pixel grey levels, output max abs diff, cosine, top-1/top-5 agreement; the pipeline's top-1."""
+    5.x) pixel grey levels, output max abs diff, cosine, top-1/top-5 agreement; the pipeline's top-1.
+    Given a `pictures` dict (--html), fills photograph -> path -> `plots.pixel_images` (PNGs)."""
     from . import compat
     from .export import LoadError, load_as_users_do
 
@@ -103,6 +104,12 @@ def as_loaded(case, folder, oracle, source_transform, photographs: dict) -> Chec
     figures, problems, top1 = {"processor_class": type(loaded.processor).__name__, "photographs": list(photographs)}, [], {}
     for path, processor in loaded.processors.items():
         pixels = processor(images=images, return_tensors="pt")["pixel_values"]
+        if pictures is not None:
+            from .plots import pixel_images
+
+            for name, ours, theirs in zip(photographs, pixels, reference_pixels):
+                pictures.setdefault(name, {})[path] = pixel_images(theirs, ours, processor.image_mean, processor.image_std) | {
+                    "processor_class": type(processor).__name__}
         if pixels.shape != reference_pixels.shape:
             problems.append(f"{path} backend ({type(processor).__name__}): pixel values {tuple(pixels.shape)}, "
                             f"the original evaluation {tuple(reference_pixels.shape)}")

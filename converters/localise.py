@@ -146,6 +146,7 @@ class BlockError:
     max_abs_diff: float
     relative: float  # max abs diff / the max abs of the oracle block's output
     over: bool  # beyond max(atol, rtol * magnitude)
+    tolerance: float | None = None  # max(atol, rtol * magnitude): the chart of the HTML report draws it
 
 
 @dataclass
@@ -183,7 +184,7 @@ class BlockParity:
         worst, first = self.worst, self.first_over
         return {"blocks": [[b.block, b.max_abs_diff, b.relative] for b in self.blocks],
                 "worst_block": worst.block if worst else None, "first_block_over": first.block if first else None,
-                "unpaired_blocks": self.unpaired}
+                "unpaired_blocks": self.unpaired, "tolerances": [b.tolerance for b in self.blocks]}
 
 
 def _leaf_names(model: torch.nn.Module) -> dict[str, frozenset]:
@@ -330,6 +331,6 @@ def block_parity(converted, oracle, converted_inputs: dict, oracle_inputs: tuple
         diff = max(d for d, _ in errors[block])
         scale = max(s for _, s in errors[block])
         blocks.append(BlockError(block, pairs[block], diff, diff / scale if scale else float(diff > 0),
-                                 not diff <= max(atol, rtol * scale)))
+                                 not diff <= max(atol, rtol * scale), max(atol, rtol * scale)))
     unpaired = [why.get(b, f"{b} (oracle {pairs[b]}): not called") for b in pairs if b not in errors or b in why]
     return BlockParity(blocks, unpaired, atol, rtol, owner)

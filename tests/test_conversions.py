@@ -209,7 +209,7 @@ def test_save_reload(case, original, hf_processor, pixels, images, saved_folder,
 
 
 @pytest.mark.check("as_loaded")
-def test_as_loaded(case, original, saved_folder, oracle_model, record, request):
+def test_as_loaded(case, original, saved_folder, oracle_model, record, harness, request):
     """The saved folder loaded the way users load it (AutoConfig, AutoImageProcessor with defaults
     and backend="pil" on 5.x, the task's Auto model class, pipeline() for classifiers) on the
     photographs, against the original evaluation (its preprocessing of the RGB image + the oracle):
@@ -229,8 +229,11 @@ def test_as_loaded(case, original, saved_folder, oracle_model, record, request):
     original.ensure_unchanged()
     folder, _ = saved_folder
     photos = dict(list(photographs().items())[:AS_LOADED_PHOTOGRAPHS])
-    check = checks.as_loaded(original.case, folder, oracle_model, converters.source_transform(case), photos)
+    pictures = {} if harness[0].html else None  # --html: what each path made of each photograph, as PNGs
+    check = checks.as_loaded(original.case, folder, oracle_model, converters.source_transform(case), photos, pictures)
     record.figures(**check.figures)
+    if pictures:
+        record.pictures(pictures)
     assert check.ok, check.message
 
 

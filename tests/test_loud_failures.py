@@ -113,7 +113,7 @@ class Config:
     def __init__(self, **given):
         self.given = {"weights": "auto", "save": None, "push": None, "allow_random_push": False,
                       "update_expected": False, "report": None, "checkpoint": [], "audit": False,
-                      "audit_repo": []} | given
+                      "audit_repo": [], "html": None} | given
 
     def getoption(self, name):
         return self.given[name]
