@@ -69,6 +69,11 @@ class Evaluation:
             return int(self.crop_size / self.crop_pct)
         return self.shortest_edge
 
+    @property
+    def described(self) -> str:
+        """For a reader (the model card): what to preprocess with to reproduce the original."""
+        return f"the original evaluation transform ({self.source})"
+
     def transform(self):
         """The reference transform (PIL RGB image -> normalised float tensor), as the original builds it."""
         from torchvision import transforms
@@ -90,6 +95,10 @@ class TimmEvaluation:
     def source(self) -> str:
         return (f"huggingface/pytorch-image-models timm/data/transforms_factory.py "
                 f"create_transform(**resolve_data_config(pretrained_cfg of {self.tag!r}))")
+
+    @property
+    def described(self) -> str:
+        return f"timm's evaluation transform of `{self.tag}`"
 
     def transform(self):
         from .reference import timm_transform

@@ -517,7 +517,9 @@ def divergence_notice(case, validation: dict) -> str | None:
         pixel = checks.get("pixel_values", {})
         worst = pixel.get("max_abs_diff")
         measured = f"by up to {worst:.3g} (max abs diff of normalised pixel values on the test images)" if worst is not None else "slightly"
-        original = f"timm's evaluation transform of `{case.timm_tag}`" if case.timm_tag else "the original evaluation transform"
+        from .registry import family_of
+
+        original = family_of(case).evaluation_of(case).described
         paragraphs.append(
             f"> **Known difference: preprocessing.** The image processor saved here gives pixel values that differ "
             f"from the original evaluation's {measured}, so predictions can differ slightly from the published "

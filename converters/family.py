@@ -3,8 +3,9 @@ tests need to convert, check and vary its cases.
 
 A family is one module in `converters/families/` (or in a package named by $VISION_PORT_FAMILIES)
 that defines `FAMILY = Family(...)`; its `name` is the module's name. Required members are the
-conversion itself (cases, plan, original layout, oracle) and, for the property tests, a strategy
-of valid configurations; every other member has a default, documented beside it.
+conversion itself (cases, plan, original layout, oracle), for the property tests a strategy of
+valid configurations, and the original evaluation (`evaluation`: None only so the registry can
+name it when missing); every other member has a default, documented beside it.
 """
 
 from __future__ import annotations

@@ -135,12 +135,14 @@ def test_random_weight_card_keeps_its_warning_at_the_top():
 
 FAMILY_MODULE = '''
 from converters.case import Case
+from converters.evaluation import Evaluation
 from converters.family import Family, Provenance
 CASE = Case(id="{case_id}", family="fake", hub_name="fake-tiny", url="https://example.invalid/fake.pt",
             config_class="ConvNextV2Config", config={{}}, model_class="ConvNextV2ForImageClassification",
             output="logits", processor_class="ConvNextImageProcessor", processor={{}}, provenance={case_override})
 FAMILY = Family(name="fake", cases=(CASE,), plan=None, original_layout=None, oracle=None, configurations=None,
-                provenance={provenance})
+                provenance={provenance}, evaluation=Evaluation(source="x/y eval.py build()", crop_size=224,
+                                                                shortest_edge=256, mean=(0.5,) * 3, std=(0.5,) * 3))
 '''
 GOOD = ("Provenance(licence='mit', licence_statement='MIT.', licence_source='x/y LICENSE', "
         "repository='https://example.invalid/y', papers={'2301.00808': 'A paper'}, datasets=('imagenet-1k',))")

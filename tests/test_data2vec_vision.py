@@ -126,3 +126,27 @@ def test_original_layout_differs_from_timms_beit_only_where_known(case):
     assert only_ours == expected
     assert all(k in ours for k in timm_state)
     assert all(tuple(ours[k].shape) == tuple(v.shape) for k, v in timm_state.items())
+
+
+def test_the_reference_is_the_fine_tuning_evaluation_not_the_old_scripts_squash():
+    """The original's build_transform(is_train=False) written here as beit/datasets.py writes it
+    (run_class_finetuning.py defaults): Resize(int(224 / (224 / 256)), interpolation=3), CenterCrop(224),
+    Inception mean/std. The reference equals it; the old conversion script's 224x224 squash does not
+    (measured: max abs diff 1.56 on chelsea, 2.0 on astronaut)."""
+    from torchvision import transforms
+
+    from fixtures.images import photographs
+
+    original = transforms.Compose([
+        transforms.Resize(int(224 / (224 / 256)), interpolation=transforms.InterpolationMode.BICUBIC),
+        transforms.CenterCrop(224), transforms.ToTensor(), transforms.Normalize((0.5,) * 3, (0.5,) * 3)])
+    squash = transforms.Compose([
+        transforms.Resize((224, 224), interpolation=transforms.InterpolationMode.BICUBIC),
+        transforms.ToTensor(), transforms.Normalize((0.5,) * 3, (0.5,) * 3)])
+    photos = photographs()
+    for case in data2vec_vision.CASES:
+        reference = converters.source_transform(case)
+        for name in ("chelsea", "astronaut"):
+            image = photos[name].convert("RGB")
+            assert torch.equal(reference(image), original(image)), f"{case.id} {name}"
+            assert (squash(image) - original(image)).abs().max().item() > 1.5, f"{name}: the squash no longer differs"

@@ -96,3 +96,52 @@ def test_timm_evaluation_is_timms_own_transform_of_the_tag():
     assert repr(declared.transform()) == repr(expected) and torch.equal(declared.transform()(image), expected(image))
     with pytest.raises(ValueError, match="y: evaluation=timm_evaluation needs the case's timm_tag"):
         timm_evaluation(Case(**{**case.__dict__, "id": "y", "timm_tag": None}))
+
+
+# A family of its own (outside the repository) that is an existing family with one case and its
+# declared evaluation changed by `changes`: the pixel check must fail it, and pass the unchanged copy.
+MUTANT = '''
+import dataclasses
+from converters.registry import _load
+
+base = _load("{package}", "{family}")
+case = next(c for c in base.cases if c.id == "{case_id}")
+CASE = dataclasses.replace(case, id="{name}_case", family="{name}")
+FAMILY = dataclasses.replace(base, name="{name}", cases=(CASE,), mutants=(),
+                             evaluation=dataclasses.replace(base.evaluation_of(case), **{changes!r}))
+'''
+
+
+def test_a_wrong_declaration_fails_the_pixel_check(tmp_path):
+    """Teeth: the pixel check compares the processor with what the declaration builds, so a
+    declaration with the wrong interpolation or crop_pct fails it (the unchanged copy passes)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from converters import registry
+
+    family, case = next((f, c) for f in registry.families().values() for c in f.cases
+                        if isinstance(f.evaluation_of(c), Evaluation) and f.evaluation_of(c).crop_pct
+                        and not c.pixel_divergence and not c.marks)
+    package = family.plan.__module__.rpartition(".")[0]
+    root = tmp_path / "evalmutants"
+    root.mkdir()
+    (root / "__init__.py").write_text("")
+    variants = {"evalmut_same": {}, "evalmut_interp": {"interpolation": "bilinear"}, "evalmut_crop": {"crop_pct": 0.9}}
+    for name, changes in variants.items():
+        (root / f"{name}.py").write_text(MUTANT.format(package=package, family=family.name, case_id=case.id,
+                                                       name=name, changes=changes))
+    tests = Path(__file__).resolve().parent
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), str(tests.parent)]),
+               VISION_PORT_FAMILIES="evalmutants")
+    result = subprocess.run([sys.executable, "-m", "pytest", str(tests / "test_conversions.py"), "-q", "-rA", "-p",
+                             "no:cacheprovider", "-p", "no:randomly", "--weights", "random", "-k", "evalmut and pixel_values"],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    out = result.stdout
+    outcome = {name: [line.split()[0] for line in out.splitlines() if f"{name}_case" in line and
+                      line.startswith(("PASSED", "FAILED", "ERROR", "XFAIL", "SKIPPED"))] for name in variants}
+    assert outcome == {"evalmut_same": ["PASSED"], "evalmut_interp": ["FAILED"], "evalmut_crop": ["FAILED"]}, out[-4000:]
+    for name in ("evalmut_interp", "evalmut_crop"):  # failed by the pixel check itself, naming the case
+        assert f"{name}_case: pixel values" in out, out[-4000:]

@@ -146,7 +146,7 @@ from converters.registry import _load
 base = _load("converters.families", "convnextv2")
 CASES = (dataclasses.replace(base.cases[0], id="lines_tiny", family="lines"),)
 FAMILY = Family(name="lines", cases=CASES, original_layout=base.original_layout, oracle=base.oracle,
-                configurations=base.configurations,
+                configurations=base.configurations, evaluation=base.evaluation,
                 plan=lambda case: dataclasses.replace(base.plan(case), by_line={{{line}: Line()}}))
 '''
 

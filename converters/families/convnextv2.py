@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from ..case import IMAGENET_MEAN, IMAGENET_STD, Case
-from ..evaluation import timm_evaluation
+from ..evaluation import Evaluation
 from ..family import Family, Provenance, Small
 from ..plan import Plan, Rename
 
@@ -157,8 +157,20 @@ def configurations(case: Case, tiny: bool):
     })
 
 
+def evaluation(case: Case) -> Evaluation:
+    """facebookresearch/ConvNeXt-V2 datasets.py build_transform(is_train=False) with main_finetune.py's
+    defaults (README's evaluation commands keep them): below 384, crop_pct None -> 224/256, so
+    Resize(int(224 / (224/256)) = 256, bicubic) and CenterCrop(224); from 384 on, Resize((size, size),
+    bicubic), a warp without a crop; --imagenet_default_mean_and_std True -> ImageNet mean/std."""
+    size = case.image_size
+    rule = dict(warp=True) if size >= 384 else dict(crop_pct=224 / 256)
+    return Evaluation(source="facebookresearch/ConvNeXt-V2 datasets.py build_transform(is_train=False) "
+                             "(main_finetune.py defaults)",
+                      crop_size=size, interpolation="bicubic", mean=IMAGENET_MEAN, std=IMAGENET_STD, **rule)
+
+
 FAMILY = Family(
-    evaluation=timm_evaluation,
+    evaluation=evaluation,
     name="convnextv2",
     cases=CASES,
     plan=plan,

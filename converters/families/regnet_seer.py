@@ -31,7 +31,7 @@ from torch import nn
 
 from .. import compat
 from ..case import IMAGENET_MEAN, IMAGENET_STD, Case
-from ..evaluation import timm_evaluation
+from ..evaluation import Evaluation
 from ..family import Family, Provenance, Small
 from ..plan import Drop, Plan, Rename
 from ..trace import Order, as_plan, trace_map
@@ -54,12 +54,6 @@ GENERATOR = {
 REDUCED = dict(hidden_sizes=[16, 40, 104, 256], groups_width=8)
 
 BASE_URL = "https://dl.fbaipublicfiles.com/vissl/model_zoo"
-# SEER has no timm tag of its own; its evaluation preprocessing is that of timm's SEER fine-tuned
-# RegNets: short side to 384 (bicubic), centre crop 384, ImageNet mean/std. The original script's
-# processor (ConvNeXt at 384) squashes the image to a square instead.
-SOURCE_TAG = "regnety_2560.seer_ft_in1k"
-
-
 PROVENANCE = Provenance(
     # facebookresearch/vissl projects/SEER/README.md, "## Model Documentation & License" (HEAD 09270ed): "The use
     # of SEER model weights is subject to the [Model License](./MODEL_LICENSE)."; projects/SEER/MODEL_LICENSE.md,
@@ -97,6 +91,8 @@ def _case(case_id: str, hub_name: str, url: str, model_class: str, output: str) 
                     embedding_size=STEM_WIDTH, hidden_act="relu", num_labels=1000, image_size=384),
         model_class=model_class,
         output=output,
+        # The original evaluation (EVALUATION); the original conversion script's processor (ConvNeXt
+        # at 384) squashes the image to a square instead.
         processor_class="BitImageProcessor",
         processor=dict(
             size={"shortest_edge": 384},
@@ -107,7 +103,6 @@ def _case(case_id: str, hub_name: str, url: str, model_class: str, output: str) 
             image_std=list(IMAGENET_STD),
             do_convert_rgb=True,
         ),
-        timm_tag=SOURCE_TAG,
         atol=1e-5,
         params=dict(stage_checkpoints=STAGE_CHECKPOINTS),
         random_config=REDUCED,
@@ -337,8 +332,19 @@ def configurations(case: Case, tiny: bool):
     return config()
 
 
+# The fine-tuned 10B model's ImageNet-1k evaluation (projects/SEER/README.md, "Inference only of
+# Imagenet-1K finetuned 10B SEER model": eval_resnet_8gpu_test_only with transforms=tricks_384_swav),
+# whose DATA.TEST.TRANSFORMS are Resize(384, interpolation=3: bicubic), CenterCrop(384), ImageNet
+# mean/std. The trunk (no head of its own) is declared with the same transform at the same size.
+EVALUATION = Evaluation(
+    source="facebookresearch/vissl configs/config/benchmark/fulltune/imagenet1k/transforms/tricks_384_swav.yaml "
+           "DATA.TEST.TRANSFORMS",
+    crop_size=384, shortest_edge=384, interpolation="bicubic", mean=IMAGENET_MEAN, std=IMAGENET_STD,
+)
+
+
 FAMILY = Family(
-    evaluation=timm_evaluation,
+    evaluation=EVALUATION,
     name="regnet_seer",
     provenance=PROVENANCE,
     cases=CASES,

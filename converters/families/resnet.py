@@ -209,7 +209,7 @@ def configurations(case: Case, tiny: bool):
 
 
 FAMILY = Family(
-    evaluation=timm_evaluation,
+    evaluation=timm_evaluation,  # the original is timm (its a1/a1h/bt weights): the tag's pretrained config
     name="resnet",
     provenance=PROVENANCE,
     cases=CASES,

@@ -156,6 +156,9 @@ def configurations(case: Case, tiny: bool):
 
 
 FAMILY = Family(
+    # The original is timm: TIMM_TAG's pretrained config (short side 384 bicubic, crop 384, mean/std 0.5).
+    # The JAX weights' own evaluation (google-research/vision_transformer vit_jax/input_pipeline.py, test
+    # mode: tf.image.resize to 384x384, bilinear, (x - 127.5) / 127.5) is TensorFlow's, not declared here.
     evaluation=timm_evaluation,
     name="vit_hybrid",
     provenance=PROVENANCE,
