@@ -27,6 +27,7 @@ from PIL import Image
 import converters
 from converters import compat, html_report, plots
 from fixtures import options
+from fixtures.models import saved_synthetic
 from tests.support.broken_plan import ENV as BROKEN_PLAN
 from tests.test_loud_failures import Config
 from tests.test_session import run_harness
@@ -55,6 +56,7 @@ class Page(HTMLParser):
         super().__init__()
         self.tags, self.attributes, self.images, self.text = set(), [], [], []
         self.statuses: dict[str, list[str]] = {}
+        self.verdicts: list[str] = []  # the class of each audit finding's verdict cell
         self._section, self._in_checks = None, False
         self.feed(text)
         self.close()
@@ -69,6 +71,8 @@ class Page(HTMLParser):
             self._in_checks = attrs.get("class") == "checks"
         if tag == "td" and self._in_checks and "st" in (attrs.get("class") or "").split():
             self.statuses.setdefault(self._section, []).append(attrs["class"].split()[1])
+        elif tag == "td" and (attrs.get("class") or "").split()[1:] in (["same"], ["drift"], ["wrong"]):
+            self.verdicts.append(attrs["class"].split()[1])
         if tag == "img":
             self.images.append(attrs)
 
@@ -99,12 +103,14 @@ def assert_self_contained(page: Page) -> None:
 
 @pytest.fixture(scope="module")
 def broken_run(tmp_path_factory):
-    """(case, page text, report): a real run of one case with a broken plan, --html and --report."""
+    """(case, page text, report): a real run of one case with a broken plan, --html and --report, and
+    an audit of a folder holding the right conversion (as if published): its findings name the swap."""
     tmp = tmp_path_factory.mktemp("html")
     case = smallest_case()
+    saved_synthetic(case, tmp / "published")
     result = run_harness(tmp, "-p", "tests.support.broken_plan", "-k", case.id, "-m", "conversion", "--weights", "random",
                          "--html", str(tmp / "out" / "page.html"), "--report", str(tmp / "r.json"),
-                         env={BROKEN_PLAN: case.id})
+                         "--audit-repo", f"{case.id}={tmp / 'published'}", env={BROKEN_PLAN: case.id})
     assert result.returncode == 1, result.stdout[-3000:]  # the broken plan fails the case
     assert sorted(p.name for p in (tmp / "out").iterdir()) == ["page.html"]  # no temporary file left
     return case, (tmp / "out" / "page.html").read_text(encoding="ascii"), json.loads((tmp / "r.json").read_text())
@@ -135,6 +141,12 @@ def test_the_page_of_a_real_run_holds_each_check_figure_and_chart(broken_run):
     said = "".join(page.text)
     assert f"first block over tolerance: {parity['first_block_over']}" in said
     assert "As loaded, per processor backend" in said and as_loaded["default"]["processor_class"] in said
+
+    # the audit's findings, each with its verdict: the published (right) weights differ from ours
+    findings = checks["audit"]["findings"]
+    classes = ["same" if f["verdict"] == "same" else f["verdict"].split(":")[0] for f in findings]
+    assert page.verdicts == classes and "wrong" in classes
+    assert any(f["verdict"].startswith("wrong: tensor") for f in findings) and f"Audit of {checks['audit']['repo']}" in said
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (Debian: apt-get install chromium; .ci/run installs it)")
