@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 
 import converters
-from converters import compat, html_report, plots
+from converters import checks, compat, html_report, plots
 from fixtures import options
 from fixtures.models import saved_synthetic
 from tests.support.broken_plan import ENV as BROKEN_PLAN
@@ -104,11 +104,12 @@ def assert_self_contained(page: Page) -> None:
 @pytest.fixture(scope="module")
 def broken_run(tmp_path_factory):
     """(case, page text, report): a real run of one case with a broken plan, --html and --report, and
-    an audit of a folder holding the right conversion (as if published): its findings name the swap."""
+    an audit of a folder holding the right conversion (as if published): its findings name the swap.
+    In a pytest-xdist worker (-n 2, as CI runs): the pictures travel to the controller in its reports."""
     tmp = tmp_path_factory.mktemp("html")
     case = smallest_case()
     saved_synthetic(case, tmp / "published")
-    result = run_harness(tmp, "-p", "tests.support.broken_plan", "-k", case.id, "-m", "conversion", "--weights", "random",
+    result = run_harness(tmp, "-n", "2", "-p", "tests.support.broken_plan", "-k", case.id, "-m", "conversion", "--weights", "random",
                          "--html", str(tmp / "out" / "page.html"), "--report", str(tmp / "r.json"),
                          "--audit-repo", f"{case.id}={tmp / 'published'}", env={BROKEN_PLAN: case.id})
     assert result.returncode == 1, result.stdout[-3000:]  # the broken plan fails the case
@@ -224,6 +225,26 @@ def test_the_difference_map_is_in_grey_levels_where_the_pixels_differ():
     assert same["max_levels"] == 0.0 and same["original"] == same["transformers"]
     other = plots.pixel_images(reference, reference[:, :30], mean, std)  # another shape: no map, the images kept
     assert other["levels"] is None and decoded_png_bytes(other["transformers"]).size == (50, 30)
+
+
+def test_the_as_loaded_check_keeps_pictures_only_when_asked(tmp_path, monkeypatch):
+    """Without --html no picture is made (no cost); with it, one per (photograph, processor path)."""
+    from fixtures.images import photographs
+
+    case, folder, oracle = saved_synthetic(smallest_case(), tmp_path)
+    photos = dict(list(photographs().items())[:2])
+    source = converters.source_transform(case)
+    monkeypatch.setattr(plots, "pixel_images", lambda *a: pytest.fail("a picture made without --html"))
+    assert checks.as_loaded(case, folder, oracle, source, photos).ok
+    monkeypatch.undo()
+    pictures = {}
+    checked = checks.as_loaded(case, folder, oracle, source, photos, pictures)
+    paths = [p for p in ("default", "pil") if p in checked.figures]
+    assert checked.ok and list(pictures) == list(photos) and all(list(by_path) == paths for by_path in pictures.values())
+    for by_path in pictures.values():
+        for path, record in by_path.items():
+            assert record["max_levels"] <= checked.figures[path]["grey_levels"]  # the batch's figure is the worst image's
+            assert decoded_png_bytes(record["original"]).size == decoded_png_bytes(record["transformers"]).size
 
 
 def decoded_png_bytes(encoded: str) -> Image.Image:
