@@ -25,8 +25,9 @@ import torch
 from PIL import Image
 
 import converters
-from converters import compat, html_report, plots
+from converters import checks, compat, html_report, plots
 from fixtures import options
+from fixtures.models import saved_synthetic
 from tests.support.broken_plan import ENV as BROKEN_PLAN
 from tests.test_loud_failures import Config
 from tests.test_session import run_harness
@@ -55,6 +56,7 @@ class Page(HTMLParser):
         super().__init__()
         self.tags, self.attributes, self.images, self.text = set(), [], [], []
         self.statuses: dict[str, list[str]] = {}
+        self.verdicts: list[str] = []  # the class of each audit finding's verdict cell
         self._section, self._in_checks = None, False
         self.feed(text)
         self.close()
@@ -69,6 +71,8 @@ class Page(HTMLParser):
             self._in_checks = attrs.get("class") == "checks"
         if tag == "td" and self._in_checks and "st" in (attrs.get("class") or "").split():
             self.statuses.setdefault(self._section, []).append(attrs["class"].split()[1])
+        elif tag == "td" and (attrs.get("class") or "").split()[1:] in (["same"], ["drift"], ["wrong"]):
+            self.verdicts.append(attrs["class"].split()[1])
         if tag == "img":
             self.images.append(attrs)
 
@@ -99,12 +103,15 @@ def assert_self_contained(page: Page) -> None:
 
 @pytest.fixture(scope="module")
 def broken_run(tmp_path_factory):
-    """(case, page text, report): a real run of one case with a broken plan, --html and --report."""
+    """(case, page text, report): a real run of one case with a broken plan, --html and --report, and
+    an audit of a folder holding the right conversion (as if published): its findings name the swap.
+    In a pytest-xdist worker (-n 2, as CI runs): the pictures travel to the controller in its reports."""
     tmp = tmp_path_factory.mktemp("html")
     case = smallest_case()
-    result = run_harness(tmp, "-p", "tests.support.broken_plan", "-k", case.id, "-m", "conversion", "--weights", "random",
+    saved_synthetic(case, tmp / "published")
+    result = run_harness(tmp, "-n", "2", "-p", "tests.support.broken_plan", "-k", case.id, "-m", "conversion", "--weights", "random",
                          "--html", str(tmp / "out" / "page.html"), "--report", str(tmp / "r.json"),
-                         env={BROKEN_PLAN: case.id})
+                         "--audit-repo", f"{case.id}={tmp / 'published'}", env={BROKEN_PLAN: case.id})
     assert result.returncode == 1, result.stdout[-3000:]  # the broken plan fails the case
     assert sorted(p.name for p in (tmp / "out").iterdir()) == ["page.html"]  # no temporary file left
     return case, (tmp / "out" / "page.html").read_text(encoding="ascii"), json.loads((tmp / "r.json").read_text())
@@ -135,6 +142,12 @@ def test_the_page_of_a_real_run_holds_each_check_figure_and_chart(broken_run):
     said = "".join(page.text)
     assert f"first block over tolerance: {parity['first_block_over']}" in said
     assert "As loaded, per processor backend" in said and as_loaded["default"]["processor_class"] in said
+
+    # the audit's findings, each with its verdict: the published (right) weights differ from ours
+    findings = checks["audit"]["findings"]
+    classes = ["same" if f["verdict"] == "same" else f["verdict"].split(":")[0] for f in findings]
+    assert page.verdicts == classes and "wrong" in classes
+    assert any(f["verdict"].startswith("wrong: tensor") for f in findings) and f"Audit of {checks['audit']['repo']}" in said
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (Debian: apt-get install chromium; .ci/run installs it)")
@@ -212,6 +225,26 @@ def test_the_difference_map_is_in_grey_levels_where_the_pixels_differ():
     assert same["max_levels"] == 0.0 and same["original"] == same["transformers"]
     other = plots.pixel_images(reference, reference[:, :30], mean, std)  # another shape: no map, the images kept
     assert other["levels"] is None and decoded_png_bytes(other["transformers"]).size == (50, 30)
+
+
+def test_the_as_loaded_check_keeps_pictures_only_when_asked(tmp_path, monkeypatch):
+    """Without --html no picture is made (no cost); with it, one per (photograph, processor path)."""
+    from fixtures.images import photographs
+
+    case, folder, oracle = saved_synthetic(smallest_case(), tmp_path)
+    photos = dict(list(photographs().items())[:2])
+    source = converters.source_transform(case)
+    monkeypatch.setattr(plots, "pixel_images", lambda *a: pytest.fail("a picture made without --html"))
+    assert checks.as_loaded(case, folder, oracle, source, photos).ok
+    monkeypatch.undo()
+    pictures = {}
+    checked = checks.as_loaded(case, folder, oracle, source, photos, pictures)
+    paths = [p for p in ("default", "pil") if p in checked.figures]
+    assert checked.ok and list(pictures) == list(photos) and all(list(by_path) == paths for by_path in pictures.values())
+    for by_path in pictures.values():
+        for path, record in by_path.items():
+            assert record["max_levels"] <= checked.figures[path]["grey_levels"]  # the batch's figure is the worst image's
+            assert decoded_png_bytes(record["original"]).size == decoded_png_bytes(record["transformers"]).size
 
 
 def decoded_png_bytes(encoded: str) -> Image.Image:
