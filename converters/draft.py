@@ -39,7 +39,7 @@ from torch import nn
 from .induce import InduceError, induce
 from .landing import Codes, LandingError, Source, distinct, land
 from .pairing import Pair, PairingError, align, ambiguous, by_local_names, pair_unused, use_order
-from .plan import Drop, Plan, Rename, Reshape, Split, Transpose, _Inverse, meta_state
+from .plan import Drop, Plan, Reshape, Split, Transpose, _Inverse, meta_state
 from .quote import listing, quote
 
 SHOWN = 10  # differences listed per family
@@ -166,9 +166,11 @@ def _result(pairs, notes, src_left, tgt_left, oracle_state, target_state, codes:
     if unclear:
         raise PairingError("\n".join(unclear))
     landing = land(codes, _compose(oracle_state, pairs, target_state))
+    if landing.twice:  # a plan moves each element once: no rule can copy one
+        raise DraftError("original elements land more than once: " + "; ".join(
+            f"{quote(k)} ({n} element(s))" for k, n in list(landing.twice.items())[:SHOWN]))
     result = Draft(plan=Plan(renames=()), sources=dict(landing.sources), drops=[], notes=list(notes))
     result.problems += [f"target {quote(k)}: {why}" for k, why in landing.unexplained.items()]
-    result.problems += [f"original {quote(k)}: {n} element(s) land more than once" for k, n in landing.twice.items()]
     nowhere = {k for k, n in landing.nowhere.items() if n == int(torch.Size(codes.shape_of(k)).numel())}
     result.problems += [f"original {quote(k)}: {n} of its elements land nowhere" for k, n in landing.nowhere.items() if k not in nowhere]
     _pair_by_name(result, [e.name for e in tgt_left], nowhere, codes, target_state)
@@ -381,7 +383,7 @@ def draft_file(path, oracle: str, target: str, config: Mapping, oracle_args: Map
     kind, _, name = oracle.partition(":")
     if kind != "timm" or not name:
         raise DraftError(f"--oracle {quote(oracle)}: expected timm:MODEL_NAME")
-    layout = meta_state(load(path, "draft", unwrap=unwrap).state)
+    layout = meta_state(load(path, "--layout", unwrap=unwrap).state)
     loader = timm_loader(name, **oracle_args)
     model = transformers_model(target, config)
     size = _pixels(model).shape[-1]
@@ -400,7 +402,9 @@ def small_case(case, config: Mapping | None = None):
     return replace(case, config={**case.config, **overrides, **(config or {})})
 
 
-def draft_case(case) -> tuple[Draft, dict, Codes]:
+def draft_case(case, oracle: Callable | None = None) -> tuple[Draft, dict, Codes]:
+    """Draft from the case's family: its original layout, its oracle (or `oracle(case, state)`)
+    and the case's config."""
     from . import compat
     from .core import build_config, original_layout
     from .registry import family_of
@@ -409,7 +413,7 @@ def draft_case(case) -> tuple[Draft, dict, Codes]:
     layout = original_layout(case)
     config = build_config(case)
     target = compat.build_model(case.model_class, config, device="meta")
-    load = lambda state: family.oracle(case, state)  # noqa: E731
+    load = lambda state: (oracle or family.oracle)(case, state)  # noqa: E731
     check = output_check(layout, load, case.model_class, config, case.image_size, case.output, max(case.atol, TOLERANCE))
     result = draft(layout, load, target, check)
     return result, layout, distinct(layout)[1]
@@ -444,6 +448,8 @@ class Comparison:
     draft: Draft
     hand_rules: int
     verbatim: int  # hand-written rules the draft holds unedited
+    forward_equal: bool  # both plans give the same transformers state dict from the same original
+    case: object = None  # the case as drafted (its small configuration)
 
     @property
     def exact(self) -> bool:
@@ -462,12 +468,13 @@ def _rule_texts(plan: Plan) -> list[str]:
     return texts
 
 
-def compare(case) -> Comparison:
-    """Draft `case` from its family's layout, oracle and config; compare with the family's plan."""
+def compare(case, oracle: Callable | None = None) -> Comparison:
+    """Draft `case` from its family's layout, oracle (or `oracle(case, state)`) and config;
+    compare with the family's plan."""
     from .core import target_layout
     from .registry import family_of
 
-    result, layout, codes = draft_case(case)
+    result, layout, codes = draft_case(case, oracle)
     coded, _ = distinct(layout)
     hand = family_of(case).plan(case)
     target = target_layout(case)
@@ -491,7 +498,8 @@ def compare(case) -> Comparison:
         if hand_ops.get(key) != draft_ops.get(key):
             diffs.append(f"ops on {quote(key)}: hand {hand_ops.get(key, [])}, draft {draft_ops.get(key, [])}")
     unequal = sorted(k for k in set(hand_out) & set(draft_out) if not torch.equal(hand_out[k], draft_out[k]))
-    if unequal or set(hand_out) != set(draft_out):
+    forward_equal = not unequal and set(hand_out) == set(draft_out)
+    if not forward_equal:
         diffs.append(f"forward state dicts differ: {listing(unequal + sorted(set(hand_out) ^ set(draft_out)))}")
     backs = {}
     # what a backwards pass gives back: the coded original, where a computed buffer (real in the
@@ -509,7 +517,7 @@ def compare(case) -> Comparison:
         diffs.append(f"backwards key sets differ: {listing(sorted(set(backs['hand']) ^ set(backs['draft'])))}")
     hand_texts, draft_texts = _rule_texts(hand), set(_rule_texts(result.plan))
     verbatim = sum(1 for t in hand_texts if t in draft_texts)
-    return Comparison(case.id, diffs, result, len(hand_texts), verbatim)
+    return Comparison(case.id, diffs, result, len(hand_texts), verbatim, forward_equal, case)
 
 
 def one_case_per_family() -> list:
