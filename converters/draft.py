@@ -127,10 +127,13 @@ def draft(layout: Mapping[str, torch.Tensor], load_oracle: Callable[[dict], obje
     shapes = ({k: tuple(v.shape) for k, v in oracle_state.items()}, {k: tuple(v.shape) for k, v in target_state.items()})
     orders = {"the order of first use": (src_used, tgt_used),
               "the order of definition": (_defined(src_used, oracle_state), _defined(tgt_used, target_state))}
-    candidates, failed = [], []
+    candidates, failed, seen = [], [], []
     for label, (src, tgt) in orders.items():
         try:
             pairs, notes = by_local_names(align(src, tgt), *shapes)
+            if set(pairs) in seen:  # the same pairing: nothing to decide
+                continue
+            seen.append(set(pairs))
             new, src_left, tgt_left = pair_unused(pairs, list(oracle_state), list(target_state), src_unused, tgt_unused)
             result = _result(pairs + new, notes, src_left, tgt_left, oracle_state, target_state, codes, layout)
         except PairingError as e:
@@ -190,9 +193,9 @@ def _rules(result: Draft, coded, codes: Codes) -> Plan:
         plan = induce(result.sources, dict(zip(codes.keys, codes.shapes)), result.drops)
     except InduceError as e:
         raise DraftError(f"cannot write the map as rules: {e}") from None
-    check = land(codes, plan.forwards(coded)[0])
-    if check.sources != result.sources:
-        wrong = sorted(k for k in set(check.sources) | set(result.sources) if check.sources.get(k) != result.sources.get(k))
+    drafted = land(codes, plan.forwards(coded)[0])
+    if drafted.sources != result.sources:
+        wrong = sorted(k for k in set(drafted.sources) | set(result.sources) if drafted.sources.get(k) != result.sources.get(k))
         raise DraftError(f"the drafted rules do not reproduce the map: {listing(wrong)}")
     result.plan = plan
     return plan
@@ -357,7 +360,7 @@ def output_check(layout, oracle: Callable[[dict], Callable], target_class: str, 
         expected = oracle(dict(state))(pixels)
 
     def check(plan: Plan) -> tuple[float, float]:
-        converted, coverage = plan.forwards(state)
+        converted, _ = plan.forwards(state)
         model = compat.build_model(target_class, config, device="meta")
         if set(dict(model.named_buffers())) - set(model.state_dict()):  # computed buffers: built on the CPU
             model = compat.build_model(target_class, config)
