@@ -273,3 +273,10 @@ def test_the_original_is_read_without_its_pickled_objects(tmp_path, capsys):
     assert d.main(["--layout", str(path), *CONVNEXT, "--target", "ConvNextForImageClassification"]) == 1
     err = capsys.readouterr().err
     assert str(path) in err and "pathlib" in err.lower(), err  # the refused class is named
+
+
+def test_case_compare_on_the_command_line(comparisons, capsys):
+    case = _exact(comparisons)[0].case
+    assert d.main(["--case", case.id, "--compare"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith(f"{case.id}: exact; drafted in ") and out[-1] == "drafted 1 of 1 cases exactly", out
