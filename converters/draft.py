@@ -128,9 +128,19 @@ def draft(layout: Mapping[str, torch.Tensor], load_oracle: Callable[[dict], obje
     orders = {"the order of first use": (src_used, tgt_used),
               "the order of definition": (_defined(src_used, oracle_state), _defined(tgt_used, target_state))}
     candidates, failed, seen = [], [], []
+    src_index, tgt_index = {k: n for n, k in enumerate(oracle_state)}, {k: n for n, k in enumerate(target_state)}
+
+    def fused_by_definition(pairs):  # a fused tensor's pieces in the order their model defines them
+        return [Pair(p.kind, tuple(sorted(p.sources, key=src_index.get)), tuple(sorted(p.targets, key=tgt_index.get)), p.dim)
+                for p in pairs]
+
+    orders["the order of first use, fused pieces in the order of definition"] = orders["the order of first use"]
     for label, (src, tgt) in orders.items():
         try:
-            pairs, notes = by_local_names(align(src, tgt), *shapes)
+            pairs = align(src, tgt)
+            if label.endswith("fused pieces in the order of definition"):
+                pairs = fused_by_definition(pairs)
+            pairs, notes = by_local_names(pairs, *shapes)
             if set(pairs) in seen:  # the same pairing: nothing to decide
                 continue
             seen.append(set(pairs))
@@ -139,7 +149,7 @@ def draft(layout: Mapping[str, torch.Tensor], load_oracle: Callable[[dict], obje
         except PairingError as e:
             failed.append((label, e))
             continue
-        if not candidates or result.sources != candidates[0][1].sources:
+        if not any(result.sources == other.sources for _, other in candidates):
             candidates.append((label, result))
     if not candidates:
         raise failed[0][1]
@@ -210,7 +220,9 @@ def _checked(result: Draft, check: Check, coded, codes: Codes) -> bool:
 
 
 def _decide(candidates, check: Check | None, coded, codes: Codes) -> Draft:
-    (label_a, a), (label_b, b) = candidates
+    """Several pairings: the one whose converted model reproduces the oracle's output, if only one
+    does; else an ambiguity naming the tensors the first two pair differently."""
+    (label_a, a), (label_b, b) = candidates[:2]
     differ = [k for k in a.sources if a.sources[k] != b.sources.get(k)]
     both = "; ".join(f"{quote(k)} <- {a.sources[k].text() if k in a.sources else 'nothing'} by {label_a}, "
                      f"{b.sources[k].text() if k in b.sources else 'nothing'} by {label_b}" for k in differ[:4])
@@ -218,9 +230,9 @@ def _decide(candidates, check: Check | None, coded, codes: Codes) -> Draft:
         passed = [(label, r) for label, r in candidates if _checked(r, check, coded, codes)]
         if len(passed) == 1:
             label, chosen = passed[0]
-            other = label_b if label == label_a else label_a
+            others = " and by ".join(other for other, _ in candidates if other != label)
             chosen.notes.append(f"{len(differ)} tensors pair differently by {label_a} and by {label_b}; "
-                                f"{label} reproduces the oracle's output, {other} does not (e.g. {both})")
+                                f"{label} reproduces the oracle's output, the pairing by {others} does not (e.g. {both})")
             chosen.problems = [p for p in chosen.problems if "output differs" not in p]
             return chosen
     raise PairingError(f"ambiguous pairing: {len(differ)} tensors pair differently by {label_a} and by {label_b}"

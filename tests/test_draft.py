@@ -280,3 +280,46 @@ def test_case_compare_on_the_command_line(comparisons, capsys):
     assert d.main(["--case", case.id, "--compare"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith(f"{case.id}: exact; drafted in ") and out[-1] == "drafted 1 of 1 cases exactly", out
+
+
+class Fused(nn.Module):
+    """q, k, v from one fused projection (the original) or three (the target, which runs key and
+    value before query: its use order is not the fused tensor's order)."""
+
+    def __init__(self, fused: bool):
+        super().__init__()
+        self.fused = fused
+        if fused:
+            self.qkv = nn.Linear(3, 12)
+        else:
+            self.query, self.key, self.value = nn.Linear(3, 4), nn.Linear(3, 4), nn.Linear(3, 4)
+
+    def forward(self, pixels):
+        x = pixels.mean((2, 3))
+        if self.fused:
+            q, k, v = self.qkv(x).chunk(3, -1)
+        else:
+            k, v, q = self.key(x), self.value(x), self.query(x)
+        return q * k + 2 * v
+
+
+def _fused_check(plan):
+    torch.manual_seed(0)
+    original = Fused(True)
+    pixels = torch.randn(1, 3, 8, 8)
+    target = Fused(False)
+    target.load_state_dict(plan.forwards(original.state_dict())[0])
+    with torch.no_grad():
+        return float((target(pixels) - original(pixels)).abs().max()), 1e-6
+
+
+def test_fused_pieces_follow_the_outputs_not_the_use_order():
+    layout = meta_state(Fused(True).state_dict())
+    result = d.draft(layout, _loader(lambda: Fused(True)), Fused(False).to("meta"), check=_fused_check)
+    assert result.verified[0] <= result.verified[1]
+    split = next(op for op in result.plan.ops if op.source == "qkv.weight")
+    renamed = [next(r.target for r in result.plan.renames if name.startswith(r.source)) for name in split.targets]
+    assert renamed[0].startswith("query") and renamed[1].startswith("key") and renamed[2].startswith("value"), renamed
+    assert any("reproduces the oracle's output" in note for note in result.notes), result.notes
+    with pytest.raises(PairingError, match="ambiguous pairing"):
+        d.draft(layout, _loader(lambda: Fused(True)), Fused(False).to("meta"))
