@@ -108,9 +108,10 @@ def draft(layout: Mapping[str, torch.Tensor], load_oracle: Callable[[dict], obje
     model, on the meta device). `load_oracle(state)` loads a state dict in the original layout
     into the oracle the oracle's own way and returns it (module, forward or bound method).
     `check(plan)` runs the oracle and the converted model on one input: where the order of first
-    use and the order of definition pair the models differently (parallel branches: a shortcut
-    run before or after its residual branch), the outputs decide, and the draft says so; with
-    no check, or when both or neither reproduce the oracle, both pairings are reported."""
+    use, the order of definition, or first use with a fused tensor's pieces in definition order
+    pair the models differently (parallel branches: a shortcut run before or after its residual
+    branch; a forward that runs key before query), the outputs decide, and the draft says so;
+    with no check, or when several or none reproduce the oracle, the pairings are reported."""
     start = time.perf_counter()
     coded, codes = distinct(layout)
     module = module_of(load_oracle(coded))
