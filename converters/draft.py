@@ -39,7 +39,7 @@ from torch import nn
 from .induce import InduceError, induce
 from .landing import Codes, LandingError, Source, distinct, land
 from .pairing import Pair, PairingError, align, ambiguous, by_local_names, pair_unused, use_order
-from .plan import Drop, Plan, Rename, Reshape, Split, Transpose, _Inverse, meta_state
+from .plan import Drop, Plan, Reshape, Split, Transpose, _Inverse, meta_state
 from .quote import listing, quote
 
 SHOWN = 10  # differences listed per family
@@ -108,9 +108,10 @@ def draft(layout: Mapping[str, torch.Tensor], load_oracle: Callable[[dict], obje
     model, on the meta device). `load_oracle(state)` loads a state dict in the original layout
     into the oracle the oracle's own way and returns it (module, forward or bound method).
     `check(plan)` runs the oracle and the converted model on one input: where the order of first
-    use and the order of definition pair the models differently (parallel branches: a shortcut
-    run before or after its residual branch), the outputs decide, and the draft says so; with
-    no check, or when both or neither reproduce the oracle, both pairings are reported."""
+    use, the order of definition, or first use with a fused tensor's pieces in definition order
+    pair the models differently (parallel branches: a shortcut run before or after its residual
+    branch; a forward that runs key before query), the outputs decide, and the draft says so;
+    with no check, or when several or none reproduce the oracle, the pairings are reported."""
     start = time.perf_counter()
     coded, codes = distinct(layout)
     module = module_of(load_oracle(coded))
@@ -127,16 +128,29 @@ def draft(layout: Mapping[str, torch.Tensor], load_oracle: Callable[[dict], obje
     shapes = ({k: tuple(v.shape) for k, v in oracle_state.items()}, {k: tuple(v.shape) for k, v in target_state.items()})
     orders = {"the order of first use": (src_used, tgt_used),
               "the order of definition": (_defined(src_used, oracle_state), _defined(tgt_used, target_state))}
-    candidates, failed = [], []
+    candidates, failed, seen = [], [], []
+    src_index, tgt_index = {k: n for n, k in enumerate(oracle_state)}, {k: n for n, k in enumerate(target_state)}
+
+    def fused_by_definition(pairs):  # a fused tensor's pieces in the order their model defines them
+        return [Pair(p.kind, tuple(sorted(p.sources, key=src_index.get)), tuple(sorted(p.targets, key=tgt_index.get)), p.dim)
+                for p in pairs]
+
+    orders["the order of first use, fused pieces in the order of definition"] = orders["the order of first use"]
     for label, (src, tgt) in orders.items():
         try:
-            pairs, notes = by_local_names(align(src, tgt), *shapes)
+            pairs = align(src, tgt)
+            if label.endswith("fused pieces in the order of definition"):
+                pairs = fused_by_definition(pairs)
+            pairs, notes = by_local_names(pairs, *shapes)
+            if set(pairs) in seen:  # the same pairing: nothing to decide
+                continue
+            seen.append(set(pairs))
             new, src_left, tgt_left = pair_unused(pairs, list(oracle_state), list(target_state), src_unused, tgt_unused)
             result = _result(pairs + new, notes, src_left, tgt_left, oracle_state, target_state, codes, layout)
         except PairingError as e:
             failed.append((label, e))
             continue
-        if not candidates or result.sources != candidates[0][1].sources:
+        if not any(result.sources == other.sources for _, other in candidates):
             candidates.append((label, result))
     if not candidates:
         raise failed[0][1]
@@ -166,9 +180,11 @@ def _result(pairs, notes, src_left, tgt_left, oracle_state, target_state, codes:
     if unclear:
         raise PairingError("\n".join(unclear))
     landing = land(codes, _compose(oracle_state, pairs, target_state))
+    if landing.twice:  # a plan moves each element once: no rule can copy one
+        raise DraftError("original elements land more than once: " + "; ".join(
+            f"{quote(k)} ({n} element(s))" for k, n in list(landing.twice.items())[:SHOWN]))
     result = Draft(plan=Plan(renames=()), sources=dict(landing.sources), drops=[], notes=list(notes))
     result.problems += [f"target {quote(k)}: {why}" for k, why in landing.unexplained.items()]
-    result.problems += [f"original {quote(k)}: {n} element(s) land more than once" for k, n in landing.twice.items()]
     nowhere = {k for k, n in landing.nowhere.items() if n == int(torch.Size(codes.shape_of(k)).numel())}
     result.problems += [f"original {quote(k)}: {n} of its elements land nowhere" for k, n in landing.nowhere.items() if k not in nowhere]
     _pair_by_name(result, [e.name for e in tgt_left], nowhere, codes, target_state)
@@ -188,9 +204,9 @@ def _rules(result: Draft, coded, codes: Codes) -> Plan:
         plan = induce(result.sources, dict(zip(codes.keys, codes.shapes)), result.drops)
     except InduceError as e:
         raise DraftError(f"cannot write the map as rules: {e}") from None
-    check = land(codes, plan.forwards(coded)[0])
-    if check.sources != result.sources:
-        wrong = sorted(k for k in set(check.sources) | set(result.sources) if check.sources.get(k) != result.sources.get(k))
+    drafted = land(codes, plan.forwards(coded)[0])
+    if drafted.sources != result.sources:
+        wrong = sorted(k for k in set(drafted.sources) | set(result.sources) if drafted.sources.get(k) != result.sources.get(k))
         raise DraftError(f"the drafted rules do not reproduce the map: {listing(wrong)}")
     result.plan = plan
     return plan
@@ -205,7 +221,9 @@ def _checked(result: Draft, check: Check, coded, codes: Codes) -> bool:
 
 
 def _decide(candidates, check: Check | None, coded, codes: Codes) -> Draft:
-    (label_a, a), (label_b, b) = candidates
+    """Several pairings: the one whose converted model reproduces the oracle's output, if only one
+    does; else an ambiguity naming the tensors the first two pair differently."""
+    (label_a, a), (label_b, b) = candidates[:2]
     differ = [k for k in a.sources if a.sources[k] != b.sources.get(k)]
     both = "; ".join(f"{quote(k)} <- {a.sources[k].text() if k in a.sources else 'nothing'} by {label_a}, "
                      f"{b.sources[k].text() if k in b.sources else 'nothing'} by {label_b}" for k in differ[:4])
@@ -213,9 +231,9 @@ def _decide(candidates, check: Check | None, coded, codes: Codes) -> Draft:
         passed = [(label, r) for label, r in candidates if _checked(r, check, coded, codes)]
         if len(passed) == 1:
             label, chosen = passed[0]
-            other = label_b if label == label_a else label_a
+            others = " and by ".join(other for other, _ in candidates if other != label)
             chosen.notes.append(f"{len(differ)} tensors pair differently by {label_a} and by {label_b}; "
-                                f"{label} reproduces the oracle's output, {other} does not (e.g. {both})")
+                                f"{label} reproduces the oracle's output, the pairing by {others} does not (e.g. {both})")
             chosen.problems = [p for p in chosen.problems if "output differs" not in p]
             return chosen
     raise PairingError(f"ambiguous pairing: {len(differ)} tensors pair differently by {label_a} and by {label_b}"
@@ -355,7 +373,7 @@ def output_check(layout, oracle: Callable[[dict], Callable], target_class: str, 
         expected = oracle(dict(state))(pixels)
 
     def check(plan: Plan) -> tuple[float, float]:
-        converted, coverage = plan.forwards(state)
+        converted, _ = plan.forwards(state)
         model = compat.build_model(target_class, config, device="meta")
         if set(dict(model.named_buffers())) - set(model.state_dict()):  # computed buffers: built on the CPU
             model = compat.build_model(target_class, config)
@@ -381,7 +399,7 @@ def draft_file(path, oracle: str, target: str, config: Mapping, oracle_args: Map
     kind, _, name = oracle.partition(":")
     if kind != "timm" or not name:
         raise DraftError(f"--oracle {quote(oracle)}: expected timm:MODEL_NAME")
-    layout = meta_state(load(path, "draft", unwrap=unwrap).state)
+    layout = meta_state(load(path, "--layout", unwrap=unwrap).state)
     loader = timm_loader(name, **oracle_args)
     model = transformers_model(target, config)
     size = _pixels(model).shape[-1]
@@ -400,7 +418,9 @@ def small_case(case, config: Mapping | None = None):
     return replace(case, config={**case.config, **overrides, **(config or {})})
 
 
-def draft_case(case) -> tuple[Draft, dict, Codes]:
+def draft_case(case, oracle: Callable | None = None) -> tuple[Draft, dict, Codes]:
+    """Draft from the case's family: its original layout, its oracle (or `oracle(case, state)`)
+    and the case's config."""
     from . import compat
     from .core import build_config, original_layout
     from .registry import family_of
@@ -409,7 +429,7 @@ def draft_case(case) -> tuple[Draft, dict, Codes]:
     layout = original_layout(case)
     config = build_config(case)
     target = compat.build_model(case.model_class, config, device="meta")
-    load = lambda state: family.oracle(case, state)  # noqa: E731
+    load = lambda state: (oracle or family.oracle)(case, state)  # noqa: E731
     check = output_check(layout, load, case.model_class, config, case.image_size, case.output, max(case.atol, TOLERANCE))
     result = draft(layout, load, target, check)
     return result, layout, distinct(layout)[1]
@@ -444,6 +464,8 @@ class Comparison:
     draft: Draft
     hand_rules: int
     verbatim: int  # hand-written rules the draft holds unedited
+    forward_equal: bool  # both plans give the same transformers state dict from the same original
+    case: object = None  # the case as drafted (its small configuration)
 
     @property
     def exact(self) -> bool:
@@ -462,12 +484,13 @@ def _rule_texts(plan: Plan) -> list[str]:
     return texts
 
 
-def compare(case) -> Comparison:
-    """Draft `case` from its family's layout, oracle and config; compare with the family's plan."""
+def compare(case, oracle: Callable | None = None) -> Comparison:
+    """Draft `case` from its family's layout, oracle (or `oracle(case, state)`) and config;
+    compare with the family's plan."""
     from .core import target_layout
     from .registry import family_of
 
-    result, layout, codes = draft_case(case)
+    result, layout, codes = draft_case(case, oracle)
     coded, _ = distinct(layout)
     hand = family_of(case).plan(case)
     target = target_layout(case)
@@ -491,7 +514,8 @@ def compare(case) -> Comparison:
         if hand_ops.get(key) != draft_ops.get(key):
             diffs.append(f"ops on {quote(key)}: hand {hand_ops.get(key, [])}, draft {draft_ops.get(key, [])}")
     unequal = sorted(k for k in set(hand_out) & set(draft_out) if not torch.equal(hand_out[k], draft_out[k]))
-    if unequal or set(hand_out) != set(draft_out):
+    forward_equal = not unequal and set(hand_out) == set(draft_out)
+    if not forward_equal:
         diffs.append(f"forward state dicts differ: {listing(unequal + sorted(set(hand_out) ^ set(draft_out)))}")
     backs = {}
     # what a backwards pass gives back: the coded original, where a computed buffer (real in the
@@ -509,7 +533,7 @@ def compare(case) -> Comparison:
         diffs.append(f"backwards key sets differ: {listing(sorted(set(backs['hand']) ^ set(backs['draft'])))}")
     hand_texts, draft_texts = _rule_texts(hand), set(_rule_texts(result.plan))
     verbatim = sum(1 for t in hand_texts if t in draft_texts)
-    return Comparison(case.id, diffs, result, len(hand_texts), verbatim)
+    return Comparison(case.id, diffs, result, len(hand_texts), verbatim, forward_equal, case)
 
 
 def one_case_per_family() -> list:

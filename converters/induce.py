@@ -20,6 +20,7 @@ from typing import Iterable, Mapping, Sequence
 
 from .landing import Source
 from .plan import Drop, Op, Plan, Rename, Reshape, Split, Template, Transpose, _renamer
+from .quote import quote
 
 PLACEHOLDERS = "ijklmnopqr"
 _PLACEHOLDER = re.compile(r"\{(\w+)\}")
@@ -129,7 +130,7 @@ def compress(pairs: Mapping[str, str]) -> tuple[Rename, ...]:
     rename = _renamer(renames)
     wrong = [k for k in keys if rename(k) != pairs[k]]
     if wrong:  # never expected: the cover only keeps rules it checked
-        raise InduceError(f"compressed renames map {len(wrong)} keys wrongly, first {wrong[0]!r}")
+        raise InduceError(f"compressed renames map {len(wrong)} keys wrongly, first {quote(wrong[0])}")
     return renames
 
 
@@ -142,7 +143,7 @@ def _cover(keys: list[str], scored):
     while uncovered:
         best = max(clean, key=lambda s: (len(s[1] & uncovered), -len(s[0].source), -min((order[k] for k in s[1]), default=0)))
         if not best[1] & uncovered:
-            raise InduceError(f"no rule maps {sorted(uncovered)[0]!r}")
+            raise InduceError(f"no rule maps {quote(sorted(uncovered)[0])}")
         chosen.append(best)
         uncovered -= best[1]
     while True:
@@ -233,7 +234,7 @@ def induce(sources: Mapping[str, Source], original: Mapping[str, tuple], drops: 
     for key, parts in chunks.items():
         count = next(iter(parts.values()))[1].parts
         if sorted(parts) != list(range(count)):
-            raise InduceError(f"{key!r}: only chunks {sorted(parts)} of {count} land in the target")
+            raise InduceError(f"{quote(key)}: only chunks {sorted(parts)} of {count} land in the target")
         targets = [parts[n][0] for n in range(count)]
         names = _part_names(key, targets, taken)
         taken |= set(names)
