@@ -333,7 +333,7 @@ class Plan:
     def unrestorable(self, original: Iterable[str]) -> list[str]:
         """Original keys the plan drops and cannot rebuild: a round trip cannot cover them."""
         keys = list(original)
-        return sorted(k for op in self.ops if isinstance(op, Drop) and op.restore is None for k in keys if Template(op.key).match(k))
+        return sorted(k for op in self.ops if isinstance(op, Drop) and op.restore is None for k in keys if Template(op.key).match(k) is not None)
 
     def key_map(self, original: Mapping[str, torch.Tensor]) -> dict[str, list[str]]:
         """Explicit map original key -> target keys, derived by running the plan on meta tensors."""
