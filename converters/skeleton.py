@@ -84,7 +84,10 @@ evaluation = fill_this_in(
 # ending in '.' is a prefix) and reversible ops (Split a fused qkv, Drop a buffer transformers
 # recomputes, with `restore` to rebuild it). Names that differ between transformers lines go in
 # `by_line={{5: Line(...), 4: Line(...)}}`. converters/vit.py has the ViT-style pieces.
-plan = fill_this_in("plan", "return Plan(renames=(...), ops=(...), by_line={{...}}) for the case")
+# Start from a draft derived from the two models (run it on each transformers line):
+#   python -m converters.draft --layout ORIGINAL.pth --oracle timm:MODEL --target TransformersClass --out draft.py
+plan = fill_this_in("plan", "return Plan(renames=(...), ops=(...), by_line={{...}}) for the case "
+                            "(a draft: python -m converters.draft --layout ... --oracle timm:... --target ...)")
 
 # Case -> {{original key: meta tensor}}: the original checkpoint's keys and shapes, in its order,
 # built from the case's config (real tensors only for buffers the original computes).
