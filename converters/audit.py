@@ -389,7 +389,7 @@ def preprocessor_findings(case, published: Path, ours: Path, repo: str) -> list[
 
 def _names(keys) -> str:
     keys = list(keys)
-    return ", ".join(keys[:SHOWN]) + (f" (+{len(keys) - SHOWN} more)" if len(keys) > SHOWN else "")
+    return ", ".join(quote(k) for k in keys[:SHOWN]) + (f" (+{len(keys) - SHOWN} more)" if len(keys) > SHOWN else "")
 
 
 def weights_findings(published: Path, ours: Path, repo: str) -> list[Finding]:
@@ -404,7 +404,7 @@ def weights_findings(published: Path, ours: Path, repo: str) -> list[Finding]:
         if new is not None:
             missing.remove(key)
             unexpected.remove(new)
-            findings.append(Finding("weights", key, f"wrong: key renamed {key} -> {new}", "same tensor under another name"))
+            findings.append(Finding("weights", key, f"wrong: key renamed {key} -> {quote(new)}", "same tensor under another name"))
     if missing:
         findings.append(Finding("weights", _names(missing), f"wrong: missing {_names(missing)}",
                                 f"{len(missing)} tensors of the conversion are not in the published weights"))
@@ -415,7 +415,7 @@ def weights_findings(published: Path, ours: Path, repo: str) -> list[Finding]:
     for key in (k for k in mine if k in theirs):
         a, b = theirs[key], mine[key]
         if a.shape != b.shape:
-            shapes.append(f"{key} {tuple(a.shape)} vs {tuple(b.shape)}")
+            shapes.append(f"{quote(key)} {tuple(a.shape)} vs {tuple(b.shape)}")
             continue
         diff = max_abs_diff(a, b)
         if a.dtype != b.dtype and torch.equal(a, b.to(a.dtype)):  # stored in another precision, nothing else
@@ -571,8 +571,8 @@ transformers' default backend and PIL), and outputs on photographs.
 Audited {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} with {stack}.
 """
     # A post names no path of this machine: the folder audited (a local one, or the huggingface_hub cache)
-    for path in sorted({result.folder, os.path.realpath(result.folder), result.repo if os.path.isabs(result.repo) else ""} - {""},
-                       key=len, reverse=True):
+    paths = {p for p in (result.folder, os.path.realpath(result.folder), result.repo) if os.path.isabs(p) and p != os.sep}
+    for path in sorted(paths, key=len, reverse=True):
         text = text.replace(path, result.name)
     return text
 
