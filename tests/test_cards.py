@@ -119,7 +119,7 @@ def test_a_local_checkpoint_is_named_by_its_file_never_its_path():
     record["original"]["source"] = record["original"]["files"][0]["source"] = "/home/someone/ckpt/atto_ema.pt"
     text = str(export.model_card(case, record))
     assert "`atto_ema.pt`" in text and "/home/someone" not in text
-    assert f"| main-{case.id}.pth | `{case.url}` |" in text  # where it is published, still
+    assert f"| main-{case.id}.pth | a local file, not fetched from `{case.url}` |" in text  # not "published at"
 
 
 def test_random_weight_card_keeps_its_warning_at_the_top():

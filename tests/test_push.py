@@ -95,7 +95,8 @@ def test_push_publishes_each_passed_case_in_one_commit_and_never_a_failed_one(hu
     earlier = [c.oid for c in hub.repos[repo_id(PICO)].commits]
     sent_before = len(hub.requests)
     out, report_path = tmp_path / "out", tmp_path / "report.json"
-    result = run_harness(tmp_path, hub, *select(ATTO, FEMTO, PICO), "--weights", "random", "--allow-random-push",
+    # auto: atto and pico fall back to random weights; a --checkpoint file is real weights (refused with random)
+    result = run_harness(tmp_path, hub, *select(ATTO, FEMTO, PICO), "--weights", "auto", "--allow-random-push",
                          "--push", ORG, "--save", str(out), "--report", str(report_path),
                          "--checkpoint", checkpoint_file(tmp_path, FEMTO, delete="stages.1.0.grn.gamma"))
     assert result.returncode == 1, result.stdout[-3000:]  # femto's checks fail

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import converters
-from converters import checkpoint, stream
+from converters import checkpoint, export, stream
 
 CASE = next(c for c in converters.cases() if c.streamed).for_random_weights()
 SHARD = 1_000_000  # several shards for a few-MB state
@@ -129,9 +129,9 @@ def test_the_staging_a_killed_conversion_left_is_removed_by_the_next(source, tmp
     dead = subprocess.Popen(["true"])
     dead.wait()  # its pid is gone
     stale = out / f".staging-converted-{dead.pid}-abc123"
-    live = out / f".staging-other-{os.getpid()}-def456"  # a conversion still running: kept
+    stale.mkdir(parents=True)
+    live = export.staging_dir(out, "other")  # a conversion still running (it holds the folder's lock): kept
     for folder in (stale, live):
-        folder.mkdir(parents=True)
         (folder / "model-00001-of-00002.safetensors").write_bytes(b"half")
     stream.convert_file(CASE, source, out / "converted", shard_bytes=SHARD)
     assert sorted(p.name for p in out.iterdir()) == sorted(["converted", live.name])
