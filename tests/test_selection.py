@@ -161,3 +161,13 @@ def test_naming_a_full_only_case_runs_every_check_of_it(tmp_path):
     mine = {nodeid: entry for nodeid, entry in named.items() if case_of(nodeid) == full_only.id}
     assert len(mine) >= 8, mine  # its checks and its real-size coverage
     assert not [nodeid for nodeid, entry in mine.items() if "--full" in (entry["skip"] or "")]
+
+
+def test_readmes_table_is_the_rules_output():
+    """README's "Where each check runs" table is `python -m converters.selection`'s, for the registry's cases."""
+    table = selection.table()
+    assert table.startswith("| family | layout (model class) | default run | full run only |")
+    assert table in (ROOT / "README.md").read_text(), "README's table is stale: paste `python -m converters.selection`"
+    for case in registry.cases():  # every case is in it, in the column of where it runs
+        row = next(line for line in table.splitlines() if f"`{case.id}`" in line)
+        assert (f"`{case.id}`" in row.split(" | ")[2]) == selection.where(case).default, case.id
