@@ -1,7 +1,7 @@
 """Each family's share of a test run: the default run (what `tox -e tf5` / `tf4` run) or the full run.
 
     .venv/bin/python benchmarks/bench_default_share.py [--full] [--json PATH] [-- PYTEST ARGS]
-    .venv/bin/python benchmarks/bench_default_share.py --from PATH
+    .venv/bin/python benchmarks/bench_default_share.py --from PATH [PATH ...]
 
 Runs pytest on `tests/` offline on random weights (as tox does; `--full` adds the plugin's --full,
 as `tox -e full` does) in a child process, with this module as a pytest plugin: every test's wall
@@ -113,12 +113,14 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--full", action="store_true", help="the full run (pytest --full, as tox -e full)")
     parser.add_argument("--json", type=Path, help="write the per-test figures here (for --from)")
-    parser.add_argument("--from", dest="source", type=Path, help="print the shares of a --json file, run nothing")
+    parser.add_argument("--from", dest="sources", type=Path, nargs="+",
+                        help="print the shares of --json files (several: parts of one run, added up), run nothing")
     parser.add_argument("pytest_args", nargs="*", help="after --: arguments for pytest (default: tests/)")
     args = parser.parse_args(argv)
-    if args.source:
-        saved = json.loads(args.source.read_text())
-        shares(saved["tests"], saved.get("elapsed"), saved["what"])
+    if args.sources:
+        saved = [json.loads(path.read_text()) for path in args.sources]
+        shares([t for part in saved for t in part["tests"]], sum(part.get("elapsed") or 0 for part in saved) or None,
+               " + ".join(part["what"] for part in saved))
         return 0
     tests, elapsed = run(args.full, args.pytest_args or ["tests"])
     what = ("full run" if args.full else "default run") + (f" ({' '.join(args.pytest_args)})" if args.pytest_args else "")

@@ -145,7 +145,7 @@ def test_the_default_run_keeps_coverage_pixels_mutants_properties_and_one_case_p
         if where.default or light:
             assert not entry["full"] and "--full" not in (entry["skip"] or ""), nodeid
         else:  # a forward check of a case whose layout another case proves: skipped, saying where it runs
-            assert entry["full"] and entry["skip"] == f"{where.why}; runs with --full (tox -e full, nightly) or -k {case_id}", nodeid
+            assert entry["full"] and entry["skip"] == f"{where.why}; runs with --full (tox -e full, nightly) or -k <case id>", nodeid
     assert any(entry["full"] for entry in default.values())
 
 
