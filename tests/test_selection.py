@@ -152,7 +152,8 @@ def test_the_default_run_keeps_coverage_pixels_mutants_properties_and_one_case_p
 def test_the_full_run_collects_and_runs_everything(default_and_full):
     default, full = default_and_full
     assert set(full) == set(default)
-    assert not [nodeid for nodeid, entry in full.items() if "--full" in (entry["skip"] or "") or entry["full"]]
+    assert not [nodeid for nodeid, entry in full.items() if "--full" in (entry["skip"] or "")]
+    assert {n for n, e in full.items() if e["full"]} == {n for n, e in default.items() if e["full"]}  # `--full -m full`
 
 
 def test_naming_a_full_only_case_runs_every_check_of_it(tmp_path):
