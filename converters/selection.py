@@ -28,6 +28,7 @@ from .registry import cases, packages
 class Where:
     default: bool  # the case's forward checks run in the default run
     why: str  # one phrase: what `pytest --cases`, skip reasons and README's table say
+    layout: str = ""  # the first declared case of its layout: names the layout
 
 
 def layout_signature(case: Case, layout: dict) -> tuple[str, frozenset[str]]:
@@ -51,13 +52,12 @@ def plan(all_cases: list[Case]) -> dict[str, Where]:
         chosen = min(runnable, key=lambda c: (*cost[c.id], group.index(c))) if runnable else None
         for case in group:
             if case is chosen:
-                others = len(group) - 1
-                where[case.id] = Where(True, f"default: the cheapest of the {others + 1} cases of its layout"
-                                       if others else "default: the only case of its layout")
+                why = f"default: the cheapest of the {len(group)} cases of its layout" if len(group) > 1 else "default: the only case of its layout"
             elif chosen is not None:
-                where[case.id] = Where(False, f"full: its layout runs in the default run as {chosen.id}")
+                why = f"full: its layout runs in the default run as {chosen.id}"
             else:
-                where[case.id] = Where(False, "full: its family marks it large, as every case of its layout")
+                why = "full: its family marks it large, as every case of its layout"
+            where[case.id] = Where(case is chosen, why, group[0].id)
     return where
 
 
@@ -69,3 +69,20 @@ def _registry_plan(package_list: tuple[str, ...]) -> dict[str, Where]:
 def where(case: Case) -> Where:
     """Where the case's forward checks run, for the registry's cases (computed once per set of packages)."""
     return _registry_plan(packages())[case.id]
+
+
+def table() -> str:
+    """README's table of where each case's forward checks run, from the rule (`python -m converters.selection`)."""
+    rows = ["| family | layout (model class) | default run | full run only |", "|---|---|---|---|"]
+    groups: dict[tuple, list[Case]] = {}
+    for case in cases():
+        groups.setdefault((case.family, case.model_class, where(case).layout), []).append(case)
+    for (family, model_class, _), group in groups.items():
+        default = [f"`{c.id}`" for c in group if where(c).default]
+        full = [f"`{c.id}`" + (" (large)" if "large" in c.marks else "") for c in group if not where(c).default]
+        rows.append(f"| {family} | `{model_class}` | {', '.join(default) or '-'} | {', '.join(full) or '-'} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(table())

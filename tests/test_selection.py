@@ -145,14 +145,15 @@ def test_the_default_run_keeps_coverage_pixels_mutants_properties_and_one_case_p
         if where.default or light:
             assert not entry["full"] and "--full" not in (entry["skip"] or ""), nodeid
         else:  # a forward check of a case whose layout another case proves: skipped, saying where it runs
-            assert entry["full"] and entry["skip"] == f"{where.why}; runs with --full (tox -e full, nightly) or -k {case_id}", nodeid
+            assert entry["full"] and entry["skip"] == f"{where.why}; runs with --full (tox -e full, nightly) or -k <case id>", nodeid
     assert any(entry["full"] for entry in default.values())
 
 
 def test_the_full_run_collects_and_runs_everything(default_and_full):
     default, full = default_and_full
     assert set(full) == set(default)
-    assert not [nodeid for nodeid, entry in full.items() if "--full" in (entry["skip"] or "") or entry["full"]]
+    assert not [nodeid for nodeid, entry in full.items() if "--full" in (entry["skip"] or "")]
+    assert {n for n, e in full.items() if e["full"]} == {n for n, e in default.items() if e["full"]}  # `--full -m full`
 
 
 def test_naming_a_full_only_case_runs_every_check_of_it(tmp_path):
@@ -161,3 +162,13 @@ def test_naming_a_full_only_case_runs_every_check_of_it(tmp_path):
     mine = {nodeid: entry for nodeid, entry in named.items() if case_of(nodeid) == full_only.id}
     assert len(mine) >= 8, mine  # its checks and its real-size coverage
     assert not [nodeid for nodeid, entry in mine.items() if "--full" in (entry["skip"] or "")]
+
+
+def test_readmes_table_is_the_rules_output():
+    """README's "Where each check runs" table is `python -m converters.selection`'s, for the registry's cases."""
+    table = selection.table()
+    assert table.startswith("| family | layout (model class) | default run | full run only |")
+    assert table in (ROOT / "README.md").read_text(), "README's table is stale: paste `python -m converters.selection`"
+    for case in registry.cases():  # every case is in it, in the column of where it runs
+        row = next(line for line in table.splitlines() if f"`{case.id}`" in line)
+        assert (f"`{case.id}`" in row.split(" | ")[2]) == selection.where(case).default, case.id
