@@ -487,12 +487,11 @@ def _rule_texts(plan: Plan) -> list[str]:
 def compare(case, oracle: Callable | None = None) -> Comparison:
     """Draft `case` from its family's layout, oracle (or `oracle(case, state)`) and config;
     compare with the family's plan."""
-    from .core import target_layout
-    from .registry import family_of
+    from .core import plan_of, target_layout
 
     result, layout, codes = draft_case(case, oracle)
     coded, _ = distinct(layout)
-    hand = family_of(case).plan(case)
+    hand = plan_of(case)  # the family's plan, its names for the installed transformers line resolved
     target = target_layout(case)
     diffs = []
     outputs = {}

@@ -37,16 +37,30 @@ def _small_cases():
     return chosen
 
 
+REFUSED = {}  # case id -> why no draft was written (a refusal the tool declares, never a crash)
+
+
 @pytest.fixture(scope="module")
 def comparisons():
-    return [d.compare(case) for case in _small_cases()]
+    drafted = []
+    for case in _small_cases():
+        try:
+            drafted.append(d.compare(case))
+        except PairingError as e:
+            # e.g. Swin on 4.57.6: transformers holds an integer index table that no original
+            # float element lands in; the tool lists the unpaired entries with their shapes
+            REFUSED[case.id] = str(e)
+    return drafted
 
 
 def test_drafts_reproduce_the_hand_plans(comparisons):
     """Every small family's draft gives the hand plan's transformers state dict from the same
-    original, bit for bit; at least two are the same plan in every respect (map, ops, both ways)."""
+    original, bit for bit; at least two are the same plan in every respect (map, ops, both ways).
+    A family the tool cannot pair is refused with the unpaired entries and their shapes named."""
     report = "\n".join(line for c in comparisons for line in d._comparison_lines(c))
-    assert len(comparisons) >= 2, report
+    report += "".join(f"\nnot drafted: {case}: {why}" for case, why in REFUSED.items())
+    assert all("entries" in why and "(" in why for why in REFUSED.values()), report
+    assert len(comparisons) >= 2 and len(comparisons) >= len(REFUSED), report
     assert all(c.forward_equal for c in comparisons), report
     assert sum(c.exact for c in comparisons) >= 2, report
 

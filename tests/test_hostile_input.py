@@ -272,7 +272,7 @@ def test_the_card_says_whether_a_local_file_is_the_published_one():
 class Config:
     def __init__(self, **given):
         self.given = {"weights": "auto", "save": None, "push": None, "allow_random_push": False, "update_expected": False,
-                      "report": None, "checkpoint": [], "audit": False, "audit_repo": []} | given
+                      "report": None, "checkpoint": [], "audit": False, "audit_repo": [], "html": None} | given
 
     def getoption(self, name):
         return self.given[name]
