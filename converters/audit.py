@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from . import compat
-from .checkpoint import CheckpointError, load
+from .checkpoint import CheckpointError, NotMappable, load
 from .checks import as_loaded, outputs_close
 from .export import _code, error_text
 from .metrics import max_abs_diff
@@ -246,8 +246,8 @@ def load_weights(folder: Path, what: str) -> dict[str, torch.Tensor]:
         try:
             try:
                 state |= load(path, what, mmap=path.suffix == ".bin").state
-            except CheckpointError as e:
-                if path.suffix != ".bin" or "memory-mapped" not in str(e):  # a refused or corrupt file: not read twice
+            except NotMappable:  # not a refused or corrupt file (those are not read twice)
+                if path.suffix != ".bin":
                     raise
                 state |= load(path, what).state  # the legacy (non-zip) format, or a file system without mmap
         except CheckpointError as e:
