@@ -27,3 +27,14 @@ def allowed(result: dict, verified: bool) -> bool:
     if result["status"] in PASSED or result.get("may_fail"):
         return True
     return result["status"] == "skipped" and bool(result.get("may_skip") or (verified and result.get("too_large")))
+
+
+def allowance(result: dict) -> str:
+    """Why the policy let a status other than a pass through, for the card's note ("" otherwise)."""
+    if result["status"] in PASSED:
+        return ""
+    if result.get("may_fail"):
+        return "judges another artefact, not this conversion: does not block the save"
+    if result.get("too_large"):
+        return "too large to run here: the weights were verified tensor for tensor"
+    return "allowed to skip" if result.get("may_skip") else ""

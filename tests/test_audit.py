@@ -22,8 +22,10 @@ from safetensors.torch import load_file, save_file
 import converters
 from converters import audit, compat
 from fixtures import options
-from fixtures.hub import hub_server  # noqa: F401  (the fixture)
-from fixtures.hub import require_hub_client_1x
+from fixtures.hub import (
+    hub_server,  # noqa: F401  (the fixture)
+    require_hub_client_1x,
+)
 from fixtures.images import photographs
 from fixtures.models import saved_synthetic
 
@@ -387,6 +389,9 @@ def test_audit_and_push_save_and_push_a_passed_conversion_whose_audit_failed_and
     assert {n for n, r in ours.items() if r["status"] not in ("passed", "skipped")} == {"audit"}, ours
     assert recorded["saved"][CASE.id] == str(out / CASE.id), recorded["saved"]
     validation = json.loads((out / CASE.id / "validation.json").read_text())
+    audit_row = next(line for line in (out / CASE.id / "README.md").read_text().splitlines() if line.startswith("| audit |"))
+    assert audit_row.startswith("| audit | failed |"), audit_row
+    assert "| judges another artefact, not this conversion: does not block the save; " in audit_row, audit_row
     assert validation["checks"]["audit"]["status"] == "failed" and validation["checks"]["audit"]["may_fail"] is True
     repo_id = f"{org}/{CASE.hub_name}"
     assert repo_id in hub.repos, recorded["pushed"][CASE.id]
