@@ -16,8 +16,6 @@ import torch
 import converters
 from converters import CheckpointError, compat, stream, trace
 from converters.families import regnet_seer
-from converters.case import random_state
-from converters.plan import meta_state
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.regnet_seer
