@@ -46,7 +46,6 @@ are deleted at the end.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import ctypes
 import dataclasses
 import json
@@ -245,7 +244,8 @@ _libc = ctypes.CDLL(None, use_errno=True)
 def resident_bytes(path: Path) -> int:
     """Bytes of `path` in the page cache (mincore on a read-only shared mapping of it)."""
     size, page = path.stat().st_size, mmap.PAGESIZE
-    _libc.mmap.restype, _libc.mmap.argtypes = ctypes.c_void_p, [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    _libc.mmap.restype = ctypes.c_void_p
+    _libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
     vector = (ctypes.c_ubyte * ((size + page - 1) // page))()
     with open(path, "rb") as f:
         base = _libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, f.fileno(), 0)
@@ -308,7 +308,8 @@ def run_cp(src: Path, dst: Path) -> dict:
             raise RuntimeError(f"{command} failed (exit {proc.returncode})")
         state.setdefault("copied", time.perf_counter() - t0)
     work = time.perf_counter() - t0
-    return {"work": work, "cpu": cpu_seconds(resource.RUSAGE_CHILDREN) - cpu0, "imported": 0.0, "peak_mb": None, "breakdown": {"copy": state["copied"], "fsync": work - state["copied"]},
+    return {"work": work, "cpu": cpu_seconds(resource.RUSAGE_CHILDREN) - cpu0, "imported": 0.0, "peak_mb": None,
+            "breakdown": {"copy": state["copied"], "fsync": work - state["copied"]},
             "peak_dirty_kb": state["peak_dirty_kb"], "peak_writeback_kb": state["peak_writeback_kb"]}
 
 
@@ -400,7 +401,8 @@ def main() -> None:
                 result["before"] = before
                 runs[method].append(result)
                 remove(dst)
-                steps.append(f"{method} {result['work']:.2f} s, cpu {result['cpu']:.2f} s [load {before['load']}, drained in {before['drain_s']:.1f} s, "
+                steps.append(f"{method} {result['work']:.2f} s, cpu {result['cpu']:.2f} s "
+                             f"[load {before['load']}, drained in {before['drain_s']:.1f} s, "
                              f"Dirty {before['dirty_kb'] / 1024:.0f} MB Writeback {before['writeback_kb'] / 1024:.0f} MB "
                              f"MemFree {before['free_mb'] / 1024:.1f} GB, source resident {before['source_resident'] >> 20} MiB; "
                              f"peak Dirty {result['peak_dirty_kb'] / 1024:.0f} MB Writeback {result['peak_writeback_kb'] / 1024:.0f} MB]")

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from . import compat
-from .checkpoint import CheckpointError, load
+from .checkpoint import CheckpointError, NotMappable, load
 from .checks import as_loaded, outputs_close
 from .export import _code, error_text
 from .metrics import max_abs_diff
@@ -246,8 +246,8 @@ def load_weights(folder: Path, what: str) -> dict[str, torch.Tensor]:
         try:
             try:
                 state |= load(path, what, mmap=path.suffix == ".bin").state
-            except CheckpointError as e:
-                if path.suffix != ".bin" or "memory-mapped" not in str(e):  # a refused or corrupt file: not read twice
+            except NotMappable:  # not a refused or corrupt file (those are not read twice)
+                if path.suffix != ".bin":
                     raise
                 state |= load(path, what).state  # the legacy (non-zip) format, or a file system without mmap
         except CheckpointError as e:
@@ -299,7 +299,8 @@ def compare_fields(area: str, file: str, raw: dict, theirs: dict, ours: dict, ou
         published, original = _plain(theirs.get(name)), _plain(ours.get(name))
         if published != original:
             if name in raw:
-                findings.append(Finding(area, quote(name), f"wrong: {quote(name)}", f"{file} says {quote(repr(published))}, the original {original!r}"))
+                findings.append(Finding(area, quote(name), f"wrong: {quote(name)}",
+                                        f"{file} says {quote(repr(published))}, the original {original!r}"))
             else:
                 findings.append(Finding(area, name, f"drift: {name}", f"omitted from {file}: transformers "
                                         f"{transformers.__version__}'s default is {quote(repr(published))}, the original {original!r}"))
@@ -453,8 +454,8 @@ def output_findings(case, published: Path, oracle, source_transform, photographs
     else:
         check = outputs_close(case.id, "published model on the original evaluation's pixels", outputs, reference, case.atol)
         figure = check.figures.get("max_abs_diff")
-        findings.append(Finding("outputs", "model", SAME if check.ok else "wrong: outputs",
-                                f"max abs diff {figure:.3g} (atol {case.atol:.0e}) on {', '.join(photographs)}" if figure is not None else check.message))
+        said = f"max abs diff {figure:.3g} (atol {case.atol:.0e}) on {', '.join(photographs)}" if figure is not None else check.message
+        findings.append(Finding("outputs", "model", SAME if check.ok else "wrong: outputs", said))
     try:
         loaded = as_loaded(case, published, oracle, source_transform, photographs)
     except Exception as e:  # as_loaded names load errors it knows; anything else is still a finding

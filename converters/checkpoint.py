@@ -30,6 +30,11 @@ class CheckpointError(Exception):
         super().__init__(f"{case_id}: {path}: {reason}")
 
 
+class NotMappable(CheckpointError):
+    """The file cannot be memory-mapped (the legacy non-zip format, a file system without mmap):
+    it can still be read into memory."""
+
+
 def opened(path) -> tuple[int, int]:
     """What identifies the file a mapping was made of: (size, mtime in ns)."""
     st = os.stat(path)
@@ -242,7 +247,7 @@ def _load_pickle(path: Path, case_id: str, allow: tuple, mmap: bool, crc: bool =
     if head != b"PK" and head[:1] != b"\x80":
         raise CheckpointError(case_id, path, "not a torch checkpoint (neither torch.save's zip format nor a pickle)")
     if mmap and not is_zip_checkpoint(path):
-        raise CheckpointError(
+        raise NotMappable(
             case_id,
             path,
             "old (non-zip) torch serialisation cannot be memory-mapped; re-save it once with "
@@ -264,6 +269,6 @@ def _load_pickle(path: Path, case_id: str, allow: tuple, mmap: bool, crc: bool =
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if mmap and "unable to mmap" in first:  # torch's words when the kernel refuses (ENODEV: FUSE, some network mounts)
-            raise CheckpointError(case_id, path, f"cannot be memory-mapped: its file system does not support mmap ({first}); "
+            raise NotMappable(case_id, path, f"cannot be memory-mapped: its file system does not support mmap ({first}); "
                                   "copy it to a local disk and pass that copy with --checkpoint") from None
         raise CheckpointError(case_id, path, f"truncated or not a torch checkpoint ({quote(first)})") from None

@@ -77,7 +77,8 @@ def check_file(case: Case, path, state: Mapping) -> None:
         counts = (f"{len(matching)} of its {len(pairs)} tensors match {case.id}'s {len(expected)} by key and shape "
                   f"({len(extra)} keys not in that layout, {len(reshaped)} of another shape, "
                   f"{len(set(expected) - keys)} of its keys absent)")
-        first = f"first keys not in it: {listing(extra, limit=5, count=False)}" if extra else f"first of another shape: {listing(reshaped, limit=5, count=False)}"
+        first = (f"first keys not in it: {listing(extra, limit=5, count=False)}" if extra
+                 else f"first of another shape: {listing(reshaped, limit=5, count=False)}")
         hint = layout_hint(case, state)
         raise CheckpointError(case.id, path, f"not {case.id}'s original layout: {hint}; {counts}; {first}")
     declared = {k for k, v in expected.items() if not v.is_floating_point()}  # integer buffers of the layout

@@ -20,6 +20,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import policy
+
 
 class OutputExists(FileExistsError):
     pass
@@ -310,7 +312,8 @@ def model_card(case, validation: dict):
     notice = divergence_notice(case, validation)
     divergences = f"\n{notice}\n" if notice else ""
     rows = "\n".join(
-        f"| {_cell(name)} | {_cell(c['status'])} | {_fmt(c.get('max_abs_diff'))} | {_fmt(c.get('atol'))} | {_cell(c.get('reason') or '')} |"
+        f"| {_cell(name)} | {_cell(c['status'])} | {_fmt(c.get('max_abs_diff'))} | {_fmt(c.get('atol'))} "
+        f"| {_cell('; '.join(filter(None, (policy.allowance(c), c.get('reason')))))} |"
         for name, c in validation["checks"].items()
     )
     body = f"""---

@@ -22,7 +22,7 @@ STATUS_RANK = {"failed": 0, "error": 0, "xfailed": 1, "skipped": 2, "passed": 3}
 SHOWN_LINES = 40  # of a reason (the report keeps 4000 characters)
 # figures the page shows in their own sections or columns, not in a check's list of figures
 OWN_SECTIONS = {"status", "max_abs_diff", "atol", "reason", "block_parity", "divergence", "findings", "default", "pil",
-                "notes", "line", "verdicts"}
+                "notes", "line", "verdicts", "may_skip", "may_fail"}
 
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:1.5em;color:#222;max-width:1200px}

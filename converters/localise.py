@@ -190,7 +190,7 @@ class BlockParity:
 def _leaf_names(model: torch.nn.Module) -> dict[str, frozenset]:
     """module name -> the names of the parameterised leaves under it."""
     leaves = [name for name, _ in _leaves(model)]
-    return {name: frozenset(l for l in leaves if l == name or l.startswith(name + "." if name else ""))
+    return {name: frozenset(leaf for leaf in leaves if leaf == name or leaf.startswith(name + "." if name else ""))
             for name, _ in model.named_modules()}
 
 

@@ -2,7 +2,8 @@
 
     python -m converters.publish out/<case id> my-org/<hub name>
 
-The folder is what the harness saved (`validation.json` is the evidence that every check passed);
+The folder is what the harness saved (`validation.json` is the evidence: its checks must satisfy the
+policy the save applied, `converters.policy`);
 random-weight conversions are refused unless asked for. The token comes from huggingface_hub's
 usual sources (`HF_TOKEN`, `hf auth login`) and is never printed: error text raised from here has
 it scrubbed. A failed push leaves the folder as it was and says what to run again.
@@ -17,8 +18,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import policy
+
 DEFAULT_ENDPOINT = "https://huggingface.co"
-OK_STATUSES = ("passed", "xfailed", "skipped")  # the harness saves only folders whose checks allowed it
 
 
 class PushError(RuntimeError):
@@ -90,9 +92,9 @@ def evidence(folder: Path, allow_random: bool = False) -> dict:
         validation = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise PushRefused(f"{path} cannot be read ({e}): not pushed") from None
-    bad = [f"{name} {check['status']}" for name, check in validation["checks"].items() if check["status"] not in OK_STATUSES]
+    bad = policy.refusal(validation["checks"])  # the save's own policy, on the fields it recorded
     if bad:
-        raise PushRefused(f"{folder} did not pass validation ({', '.join(bad)}): not pushed")
+        raise PushRefused(f"{folder} did not pass validation ({bad}): not pushed")
     if validation["original"]["weights"] != "pretrained" and not allow_random:
         raise PushRefused(f"{folder} holds a conversion of random weights ({validation['original']['source']}): "
                           "not pushed unless asked for (allow_random=True, or --allow-random on the command line)")

@@ -429,7 +429,7 @@ def cgroup_headroom() -> int | None:
             continue
         try:
             limit = (base / limit_file).read_text().strip()
-            stat = dict(l.split() for l in (base / "memory.stat").read_text().splitlines())
+            stat = dict(line.split() for line in (base / "memory.stat").read_text().splitlines())
         except OSError:
             continue
         if limit != "max" and int(limit) < 2**60:

@@ -22,8 +22,10 @@ from safetensors.torch import load_file, save_file
 import converters
 from converters import audit, compat
 from fixtures import options
-from fixtures.hub import hub_server  # noqa: F401  (the fixture)
-from fixtures.hub import require_hub_client_1x
+from fixtures.hub import (
+    hub_server,  # noqa: F401  (the fixture)
+    require_hub_client_1x,
+)
 from fixtures.images import photographs
 from fixtures.models import saved_synthetic
 
@@ -357,6 +359,52 @@ def test_a_failed_audit_does_not_block_the_save_of_a_conversion_that_passed():
     assert results.publishable(CASE.id) is None
     entry["checks"]["logits"]["status"] = "failed"
     assert results.publishable(CASE.id) == "not saved: logits failed"
+
+
+def test_audit_and_push_save_and_push_a_passed_conversion_whose_audit_failed_and_never_a_failed_one(saved, hub, tmp_path):
+    """`--audit --push`: save and push apply one policy (`converters.policy`, on the fields
+    validation.json records). CASE's published repo is wrong (layer_norm_eps), its conversion passed:
+    saved AND pushed. `other`'s audit fails too and so does its key coverage (a key deleted from its
+    --checkpoint): neither saved nor pushed."""
+    other = next(c for c in converters.cases() if c.family == CASE.family and c.id != CASE.id and "large" not in c.marks)
+    folder = altered(saved, tmp_path, "layer_norm_eps")
+    state = converters.synthetic_original(other)
+    del state[sorted(state)[0]]
+    checkpoint = tmp_path / f"{other.id}-broken.pt"
+    torch.save({"model": state}, checkpoint)
+    out, report = tmp_path / "out", tmp_path / "report.json"
+    (tmp_path / "tmp").mkdir()
+    env = dict(os.environ, HF_HOME=str(tmp_path / "hf"), TORCH_HOME=str(tmp_path / "torch"), TMPDIR=str(tmp_path / "tmp"),
+               HF_ENDPOINT=hub.endpoint, HF_TOKEN=hub.token, HF_HUB_DISABLE_XET="1", HF_HUB_OFFLINE="0")
+    org = "vision-port-test"
+    cmd = [sys.executable, "-m", "pytest", str(ROOT / "tests" / "test_conversions.py"), "-q", "-p", "no:cacheprovider",
+           "-p", "no:randomly", "-k", f"{CASE.id} or {other.id}", "--weights", "auto", "--allow-random-push",
+           "--push", org, "--save", str(out), "--report", str(report), "--checkpoint", f"{other.id}={checkpoint}",
+           "--audit-repo", f"{CASE.id}={folder}", "--audit-repo", f"{other.id}=tester/missing"]
+    result = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-2000:]  # other's key coverage failed
+    recorded = json.loads(report.read_text())
+    ours = recorded["cases"][CASE.id]["checks"]
+    assert ours["audit"]["status"] == "failed" and ours["audit"]["may_fail"] is True
+    assert {n for n, r in ours.items() if r["status"] not in ("passed", "skipped")} == {"audit"}, ours
+    assert recorded["saved"][CASE.id] == str(out / CASE.id), recorded["saved"]
+    validation = json.loads((out / CASE.id / "validation.json").read_text())
+    audit_row = next(line for line in (out / CASE.id / "README.md").read_text().splitlines() if line.startswith("| audit |"))
+    assert audit_row.startswith("| audit | failed |"), audit_row
+    assert "| judges another artefact, not this conversion: does not block the save; " in audit_row, audit_row
+    assert validation["checks"]["audit"]["status"] == "failed" and validation["checks"]["audit"]["may_fail"] is True
+    repo_id = f"{org}/{CASE.hub_name}"
+    assert repo_id in hub.repos, recorded["pushed"][CASE.id]
+    assert recorded["pushed"][CASE.id] == {"repo": repo_id, "url": f"{hub.endpoint}/{repo_id}",
+                                           "commit": hub.repos[repo_id].head.oid}, recorded["pushed"]
+    assert "PUSH FAILED" not in result.stdout, result.stdout[-3000:]
+
+    theirs = recorded["cases"][other.id]["checks"]
+    assert theirs["key_coverage"]["status"] == "failed" and theirs["audit"]["status"] == "failed"
+    assert recorded["saved"][other.id].startswith("not saved: key_coverage failed"), recorded["saved"][other.id]
+    assert "audit" not in recorded["saved"][other.id]  # the audit's failure is never a reason
+    assert recorded["pushed"][other.id].startswith("not pushed (not saved:"), recorded["pushed"][other.id]
+    assert not (out / other.id).exists() and f"{org}/{other.hub_name}" not in hub.repos
 
 
 def test_omitted_fields_whose_installed_default_is_not_the_originals_are_drift(saved, tmp_path):

@@ -13,7 +13,6 @@ from huggingface_hub import ModelCard
 
 import converters
 from converters import export, registry
-from converters.family import Provenance
 from converters.licences import HUB_LICENCES
 from fixtures import options
 
@@ -76,7 +75,7 @@ def test_every_card_parses_back_with_its_provenance(case, tmp_path):
     assert f"| main-{case.id}.pth |" in text and f"`{SHA}`" in text and "/home/someone" not in text
     assert f"`{case.url or 'https://huggingface.co/' + provenance.base_model}`" in text
     assert provenance.licence_statement in text and provenance.licence_source in text
-    assert f'"ORG/{case.hub_name}"' in text and f".from_pretrained(repo)" in text
+    assert f'"ORG/{case.hub_name}"' in text and ".from_pretrained(repo)" in text
     assert ('backend="pil"' in text) == (">=5,<6" in registry.family_of(case).transformers_lines)
     for arxiv, title in provenance.papers.items():
         assert f"{title}, [arXiv:{arxiv}](https://arxiv.org/abs/{arxiv})" in text

@@ -82,8 +82,8 @@ def test_a_declaration_that_is_not_one_is_refused_naming_its_source(fields, mess
 
 
 def test_timm_evaluation_is_timms_own_transform_of_the_tag():
-    from timm.data import create_transform, resolve_data_config
     import timm
+    from timm.data import create_transform, resolve_data_config
 
     from converters.case import Case
 

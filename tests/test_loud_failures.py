@@ -5,8 +5,8 @@ Session finish is driven directly (no subprocess): a HarnessSession on a stand-i
 from __future__ import annotations
 
 import errno
-import re
 import json
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -221,8 +221,6 @@ def test_a_zip_checkpoint_with_a_flipped_byte_is_refused_by_its_crc(tmp_path):
 def test_a_half_precision_streamed_save_keeps_its_dtype_in_the_shards_and_the_config(tmp_path):
     """Streamed cases (memory-mapped originals, written shard by shard) keep fp16 too."""
     import json
-
-    import torch
 
     from converters import stream
 

@@ -23,10 +23,10 @@ import pytest
 import torch
 
 import converters
-from fixtures.plugin import family_params
 from converters import checks, compat
 from converters.case import Case
-from converters.plan import Drop, Op, Plan, Rename, Reshape, Split, Template, Transpose, meta_state, rename_key
+from converters.plan import Drop, Op, Plan, Rename, Split, Template, Transpose, meta_state, rename_key
+from fixtures.plugin import family_params
 
 MIN_MUTANTS = 20
 PICKS = {"swap": 8, "transpose_square": 3, "transpose": 2, "zero_bias": 4, "drop_key": 4}

@@ -15,16 +15,14 @@ import functools
 import json
 
 import pytest
-from hypothesis import event
-from hypothesis import strategies as st
+from hypothesis import event, strategies as st
 
 import converters
-from fixtures.plugin import family_params
 from converters import compat
-from fixtures.images import synthetic_image
 from converters.pixels import NotModelled, hf_geometry, predicted_causes, source_geometry
+from fixtures.images import synthetic_image
+from fixtures.plugin import family_params
 from hypothesis_profiles import examples, given
-
 
 # --------------------------------------------------------------------------- pipelines per family
 

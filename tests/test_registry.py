@@ -152,7 +152,7 @@ FAMILY = Family(name="lines", cases=CASES, original_layout=base.original_layout,
 
 
 def test_a_plan_whose_lines_miss_the_installed_one_fails_key_coverage_naming_family_member_and_line(package):
-    from converters import compat, checks
+    from converters import checks, compat
 
     package("lines", LINES.format(line=compat.MAJOR - 1))
     case = converters.get("lines_tiny")

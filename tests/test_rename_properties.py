@@ -27,10 +27,10 @@ import torch
 from hypothesis import strategies as st
 
 import converters
-from fixtures.plugin import family_params
 from converters import checks, compat
 from converters.case import random_state
 from converters.plan import Drop, Plan, Rename, Reshape, Split, Transpose
+from fixtures.plugin import family_params
 from hypothesis_profiles import examples, given
 
 # --------------------------------------------------------------------------- configurations

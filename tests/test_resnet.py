@@ -15,8 +15,8 @@ from safetensors.torch import save_file
 import converters
 from converters import trace
 from converters.families import resnet
-from converters.reference import timm_data_config
 from converters.plan import _PLACEHOLDER
+from converters.reference import timm_data_config
 from fixtures.images import synthetic_images
 from fixtures.originals import resolve
 

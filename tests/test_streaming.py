@@ -220,7 +220,8 @@ def test_a_corrupt_source_is_refused_by_the_streamed_conversion_reading_it_once(
     largest = max(zipfile.ZipFile(corrupt).infolist(), key=lambda info: info.file_size)
     _flip_inside(corrupt, largest)
     zip_checked, real = [], checkpoint._crc_matches
-    monkeypatch.setattr(checkpoint, "_crc_matches", lambda archive, fd, info, buffer: zip_checked.append(info.filename) or real(archive, fd, info, buffer))
+    monkeypatch.setattr(checkpoint, "_crc_matches",
+                        lambda archive, fd, info, buffer: zip_checked.append(info.filename) or real(archive, fd, info, buffer))
     out = tmp_path / "out"
     with pytest.raises(converters.CheckpointError, match=rf"{CASE.id}: .*corrupt.torch: corrupt .*{largest.filename}.*CRC-32"):
         stream.convert_file(CASE, corrupt, out / "converted", shard_bytes=SHARD)

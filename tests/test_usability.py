@@ -9,8 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import converters
 import torch
+
+import converters
 from converters import export, selection
 from fixtures import plugin
 from fixtures.session import Results, summary

@@ -140,7 +140,8 @@ def oracle(case: Case, original):
     # The named size's timm variant (atto..nano use timm's 1x1-conv MLP), with depths and widths
     # passed explicitly so any configuration works, not only the published ones.
     c = case.config
-    return timm_model(f"convnextv2_{case.params['size']}", original, checkpoint_filter_fn, depths=c["depths"], dims=c["hidden_sizes"], num_classes=c["num_labels"])
+    return timm_model(f"convnextv2_{case.params['size']}", original, checkpoint_filter_fn, depths=c["depths"], dims=c["hidden_sizes"],
+                      num_classes=c["num_labels"])
 
 
 def configurations(case: Case, tiny: bool):

@@ -1,0 +1,65 @@
+"""One save and push policy (`converters.policy`), deciding on recorded fields, never on message
+text: `--save` (Results.publishable) and `--push` (publish.evidence, from validation.json) agree.
+The end-to-end `--audit --push` run is in test_audit.py."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+
+from converters import policy, publish
+from converters.stream import TOO_LARGE
+from fixtures.session import HarnessSession, Results, TooLarge
+
+CASE = "some_case"
+
+
+def passed(**fields) -> dict:
+    return {"status": "passed", "may_skip": False, "may_fail": False} | fields
+
+
+@pytest.mark.parametrize("checks, refused", [
+    ({"logits": passed(), "audit": passed(status="failed", may_fail=True)}, None),
+    ({"logits": passed(), "audit": passed(status="error", may_fail=True)}, None),
+    ({"logits": passed(status="xfailed"), "expected_logits": passed(status="skipped", may_skip=True)}, None),
+    ({"logits": passed(status="failed"), "audit": passed(status="failed", may_fail=True)}, "logits failed"),
+    ({"logits": passed(status="skipped")}, "logits skipped"),
+    # too large for a forward pass: allowed only when the streamed weights were verified
+    ({"logits": passed(status="skipped", too_large=True), "save_reload": passed(tensors_verified=12)}, None),
+    ({"logits": passed(status="skipped", too_large=True), "save_reload": passed()}, "logits skipped"),
+    # the reason's text decides nothing: only the recorded field does
+    ({"logits": passed(status="skipped", reason=f"x: {TOO_LARGE}"), "save_reload": passed(tensors_verified=12)}, "logits skipped"),
+])
+def test_save_and_push_decide_alike(checks, refused, tmp_path):
+    assert policy.refusal(checks) == refused
+    results = Results()
+    for name, result in checks.items():
+        results.declare({"case": CASE, "check": name, "may_skip": result["may_skip"], "may_fail": result["may_fail"]})
+    results.entry(CASE, "family")["checks"] = checks
+    assert results.publishable(CASE) == (refused and f"not saved: {refused}")
+    (tmp_path / "validation.json").write_text(json.dumps({"checks": checks, "original": {"weights": "pretrained", "source": "x"}}))
+    if refused:
+        with pytest.raises(publish.PushRefused, match=f"did not pass validation \\({refused}\\)"):
+            publish.evidence(tmp_path)
+    else:
+        assert publish.evidence(tmp_path)["checks"] == checks
+
+
+def test_a_too_large_skip_is_recorded_as_a_field_of_its_check():
+    """A TooLarge skip (raised once by the session-scoped hf_model fixture, re-raised for every
+    check needing it) becomes `too_large: true` in the check's result; any other skip does not."""
+    session = HarnessSession.__new__(HarnessSession)
+    results = Results()
+    found = {"case": CASE, "family": "family", "check": "logits", "may_skip": False, "may_fail": False}
+    for error, expected in ((TooLarge(f"{CASE}: {TOO_LARGE}"), True), (pytest.skip.Exception("other"), None)):
+        hook = session.pytest_runtest_makereport(None, SimpleNamespace(when="setup", excinfo=SimpleNamespace(value=error)))
+        next(hook)
+        report = SimpleNamespace(when="setup", passed=False, skipped=True, duration=0.1, longrepr=("f", 1, f"Skipped: {error}"),
+                                 user_properties=[("harness_check", found)])
+        with pytest.raises(StopIteration) as done:
+            hook.send(report)
+        results.record(done.value.value)
+        assert results.cases[CASE]["checks"]["logits"].get("too_large") is expected
+        results.cases.clear()
