@@ -172,3 +172,12 @@ def test_readmes_table_is_the_rules_output():
     for case in registry.cases():  # every case is in it, in the column of where it runs
         row = next(line for line in table.splitlines() if f"`{case.id}`" in line)
         assert (f"`{case.id}`" in row.split(" | ")[2]) == selection.where(case).default, case.id
+
+
+def test_a_save_runs_every_check_of_what_it_selects(tmp_path):
+    """--save (and --push) saves only fully checked cases: the full-only checks of the selected cases
+    run, whatever -k says (without it `-k <family> --save` would save nothing but the default cases)."""
+    family = next(f for f in registry.families().values() if any(not selection.where(c).default for c in f.cases))
+    named = collected(tmp_path, "-k", family.name, "--save", str(tmp_path / "out"))
+    held_back = [nodeid for nodeid, entry in named.items() if "--full" in (entry["skip"] or "")]
+    assert named and not held_back, held_back[:5]
