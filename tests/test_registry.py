@@ -44,7 +44,14 @@ def package(tmp_path, monkeypatch):
     for name in [m for m in sys.modules if m == "myfamilies" or m.startswith("myfamilies.")]:
         monkeypatch.delitem(sys.modules, name)
     registry._registry.cache_clear()
-    yield lambda name, text: (root / f"{name}.py").write_text(textwrap.dedent(text))
+
+    def write(name, text):
+        # a module rewritten within the same second at the same size would load from its stale
+        # bytecode (pyc validation is by mtime and size): drop the cache with the module
+        shutil.rmtree(root / "__pycache__", ignore_errors=True)
+        (root / f"{name}.py").write_text(textwrap.dedent(text))
+
+    yield write
     registry._registry.cache_clear()
 
 
