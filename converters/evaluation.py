@@ -29,7 +29,7 @@ class Evaluation:
     """One original evaluation transform. Exactly one resize rule:
     - `shortest_edge=N`: the short side to N (aspect kept), then a centre crop of `crop_size`;
     - `crop_pct=p`: the short side to int(crop_size / p), then a centre crop of `crop_size`
-      (BEiT's and ConvNeXt's `size = int(args.input_size / crop_pct)`);
+      (the common `size = int(args.input_size / crop_pct)` of original evaluation code);
     - `warp=True`: straight to crop_size x crop_size (aspect not kept), no crop."""
 
     source: str  # the original repository, file and function: "owner/repo path function(args)"

@@ -8,12 +8,13 @@ by applying the plan to the key map itself before returning it.
 Compression, in three steps: numeric key segments become placeholders (`{i}`, `{j}`) where the
 target repeats them in every key of a group; rules whose keys end alike become prefix renames
 (ending in "."); then a set cover keeps the fewest rules, a general rule allowed only where every
-key it would map wrongly is taken first by a more specific rule (ConvNeXt-V2's `stages.{i}.{j}.`
-after its `grn.gamma` exception).
+key it would map wrongly is taken first by a more specific rule (a `stages.{i}.{j}.` prefix
+after an exception for one tensor under it).
 """
 
 from __future__ import annotations
 
+import os
 import re
 from collections import defaultdict
 from typing import Iterable, Mapping, Sequence
@@ -196,12 +197,7 @@ def _part_names(key: str, targets: Sequence[str], taken: set[str]) -> tuple[str,
 
 
 def _fused_name(keys: Sequence[str], target: str, taken: set[str]) -> str:
-    split = [k.split(".") for k in keys]
-    common = []
-    for column in zip(*split):
-        if len(set(column)) > 1:
-            break
-        common.append(column[0])
+    common = os.path.commonprefix([k.split(".") for k in keys])  # leading segments all share
     tail = target.split(".")[-2:]
     name = ".".join(common + tail)
     return name if name not in taken else name + "_fused"

@@ -2,8 +2,8 @@
 
 Every element of an original state dict gets its own value, a code: 2**40 plus its global index,
 as float64 (exact to 2**53; integer tensors keep int64). A sum of two codes is above every code, so
-arithmetic that mixes elements (DINOv2's registers filter folds a position embedding into the
-class token) reads back as "no original element", never as a wrong one. After any chain of
+arithmetic that mixes elements (a filter that folds a position embedding into the class
+token) reads back as "no original element", never as a wrong one. After any chain of
 copies, slices, reshapes, transposes and concatenations, `decode` turns a tensor back into the
 original key and flat index of each element, and `describe` names the operation: a tensor's
 `Source`. The same reading serves a drafted plan and a hand-written one, so two plans compare by

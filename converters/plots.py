@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import io
 import math
+import os
 
 # The difference map is kept losslessly to 1/64 of a grey level in a 16-bit PNG (up to 1023 levels).
 LEVEL_STEPS = 64
@@ -108,15 +109,11 @@ def pixel_figure(record: dict, title: str, limit: float | None = None) -> bytes:
 
 
 def _common_prefix(names: list[str]) -> str:
-    """The dotted module path every name starts with ("convnextv2.encoder.stages.")."""
+    """The dotted module path every name starts with ("model.encoder.stages.")."""
     if len(names) < 2:
         return ""
     parts = [n.split(".") for n in names]
-    shared = []
-    for segment in zip(*parts):
-        if len(set(segment)) > 1:
-            break
-        shared.append(segment[0])
+    shared = os.path.commonprefix(parts)  # on lists: the leading segments all share
     shared = shared[:min(len(p) for p in parts) - 1]  # keep each name's last segment
     return ".".join(shared) + "." if shared else ""
 
