@@ -83,7 +83,7 @@ def load(
     mmap: bool = False,
     checks: bool = True,
 ) -> Loaded:
-    """Load a `.pth`/`.pt` (torch.save) or `.safetensors` file; take the first `unwrap` entry present.
+    """Load a `.pth`/`.pt` (torch.save), `.safetensors` or `.npz` (numpy, as JAX originals save) file; take the first `unwrap` entry present.
     `checks=False` leaves out the integrity checks that read every byte (a zip's CRC-32 records,
     non-finite values) for a caller that does them itself on its own read of the bytes (the
     streaming writer: `converters.stream.save(check_source=True)`)."""
@@ -97,6 +97,10 @@ def load(
 
     if path.suffix == ".safetensors":
         obj = _load_safetensors(path, case_id)
+    elif path.suffix == ".npz":
+        if mmap:
+            raise NotMappable(case_id, path, "an .npz archive cannot be memory-mapped (numpy maps .npy files only)")
+        obj = _load_npz(path, case_id, crc=checks)
     else:
         obj = _load_pickle(path, case_id, tuple(allow), mmap, crc=checks)
 
@@ -179,6 +183,38 @@ def _load_safetensors(path: Path, case_id: str):
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(case_id, path, f"not a readable safetensors file ({quote(e)})") from None
+
+
+NUMERIC_KINDS = "biuf"  # bool, signed, unsigned, float arrays: what a weight file holds
+
+
+def _load_npz(path: Path, case_id: str, crc: bool = True) -> dict[str, torch.Tensor]:
+    """A JAX original (`np.savez` of its flattened parameters, keys such as `Transformer/encoderblock_0/
+    LayerNorm_0/scale`), read with numpy and `allow_pickle=False`: an object array (a pickle inside
+    the archive) is refused unread, as is any array of another kind than numbers."""
+    import numpy as np
+
+    if not is_zip_checkpoint(path):
+        raise CheckpointError(case_id, path, "not an .npz archive (no zip directory: truncated, or another format)")
+    if crc:
+        verify_zip(path, case_id)
+    state = {}
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            for key in archive.files:
+                array = archive[key]
+                if array.dtype.kind not in NUMERIC_KINDS:
+                    raise CheckpointError(case_id, path, f"entry {quote(key, 120)} holds {quote(str(array.dtype), 40)} values, "
+                                                         "not numbers: not a weight file")
+                state[key] = torch.from_numpy(np.ascontiguousarray(array))
+    except ValueError as e:
+        if "allow_pickle" in str(e):  # numpy's words for an object array
+            raise CheckpointError(case_id, path, "refused to unpickle an object array: an .npz is read with allow_pickle=False, "
+                                                 "which never runs code from a checkpoint") from None
+        raise CheckpointError(case_id, path, f"not a readable .npz archive ({quote(e)})") from None
+    except (OSError, EOFError, zipfile.BadZipFile) as e:
+        raise CheckpointError(case_id, path, f"not a readable .npz archive ({quote(e)})") from None
+    return state
 
 
 def verify_zip(path: Path, case_id: str, chunk: int = 1 << 24, skip=frozenset()) -> None:

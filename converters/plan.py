@@ -7,8 +7,8 @@ only). Applying a plan never raises on a bad checkpoint: it returns the converte
 `Coverage` report that lists every problem at once.
 
 Key templates use `{name}` placeholders for numeric indices (`stages.{i}.{j}.dwconv.`).
-A template ending in "." matches a key prefix and carries the rest of the key over; any other
-template matches a whole key.
+A template ending in "." (or "/", the separator of JAX originals' keys) matches a key prefix and
+carries the rest of the key over; any other template matches a whole key.
 
 Where transformers' own names differ between its lines (5.x renamed attention projections to
 `q_proj`/.../`o_proj`), a plan declares what each line adds in `by_line`, data keyed by the major
@@ -28,6 +28,7 @@ from .quote import listing, quote
 
 DESCRIBED = 50  # lines of each kind of coverage problem a message shows (a hostile file can hold 200 000 keys)
 _PLACEHOLDER = re.compile(r"\{(\w+)\}")
+SEPARATORS = (".", "/")  # between a key's segments: torch's dots, JAX's slashes
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,7 @@ def _compile(text: str) -> re.Pattern:
         parts.append(rf"(?P<{m.group(1)}>\d+)")
         pos = m.end()
     parts.append(re.escape(text[pos:]))
-    tail = "(?P<_rest>.*)" if text.endswith(".") else ""
+    tail = "(?P<_rest>.*)" if text.endswith(SEPARATORS) else ""
     return re.compile("^" + "".join(parts) + tail + "$")
 
 
@@ -71,7 +72,7 @@ class Rename:
     def __post_init__(self):
         if set(_PLACEHOLDER.findall(self.source)) != set(_PLACEHOLDER.findall(self.target)):
             raise ValueError(f"Rename {self.source!r} -> {self.target!r}: placeholders differ")
-        if self.source.endswith(".") != self.target.endswith("."):
+        if self.source.endswith(SEPARATORS) != self.target.endswith(SEPARATORS):
             raise ValueError(f"Rename {self.source!r} -> {self.target!r}: prefix/whole-key mismatch")
 
     def reversed(self) -> "Rename":
@@ -88,7 +89,7 @@ def _renamer(renames: tuple[Rename, ...]) -> Callable[[str], str | None]:
     per key) are looked up in a dict; the first matching rule still wins."""
     exact, patterns = {}, []
     for position, rule in enumerate(renames):
-        if rule.source.endswith(".") or _PLACEHOLDER.search(rule.source):
+        if rule.source.endswith(SEPARATORS) or _PLACEHOLDER.search(rule.source):
             patterns.append((position, rule))
         else:
             exact.setdefault(rule.source, (position, rule.target))

@@ -17,6 +17,7 @@ the default run even as its layout's only case) is never chosen: its layout then
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -31,9 +32,13 @@ class Where:
     layout: str = ""  # the first declared case of its layout: names the layout
 
 
+_INDEX = re.compile(r"(?<=[./_])\d+(?=[./]|$)|^\d+(?=[./]|$)")  # a segment, or a segment's `_N` ending (JAX: encoderblock_0)
+
+
 def layout_signature(case: Case, layout: dict) -> tuple[str, frozenset[str]]:
-    """(model class, the original keys with every all-digit segment replaced by N)."""
-    return case.model_class, frozenset(".".join("N" if part.isdigit() else part for part in key.split(".")) for key in layout)
+    """(model class, the original keys with every numeric index replaced by N: an all-digit
+    segment, or the digits ending a segment after "_", as JAX originals number their blocks)."""
+    return case.model_class, frozenset(_INDEX.sub("N", key) for key in layout)
 
 
 def plan(all_cases: list[Case]) -> dict[str, Where]:
