@@ -32,7 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from fixtures.memory_limit import cgroup_v1_available, run_limited
+from tests.support.memory_limit import cgroup_v1_available, run_limited
 
 ROOT = Path(__file__).resolve().parents[1]
 CASE_ID = "regnet_seer_larger_than_memory"

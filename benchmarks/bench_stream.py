@@ -1,6 +1,6 @@
 """Streaming conversion of a large checkpoint vs `cp`, round by round.
 
-    .venv/bin/python benchmarks/bench_stream.py [--rounds 5] [--dir /tmp] [--baseline main] [--recipe]
+    .venv/bin/python benchmarks/bench_stream.py [--rounds 5] [--dir /tmp] [--baseline main] [--recipe] [--busy-core]
 
 Builds a synthetic checkpoint in RegNet SEER's vissl layout (the 10B's depths and parts at about a
 quarter of its widths, random tensors, >= 2.5 GB), then runs rounds; each round times, each in its
@@ -14,9 +14,10 @@ own process and in an order that alternates from round to round:
             run measures a change before and after on the same machine state;
 - recipe:   (with --recipe) the original script's way: torch.load the whole file, rename, torch.save.
 
-The figure is the ratio per round (stream / that round's cp), and its min / median / max over the
-rounds: a shared machine's disk and memory drift, and only a ratio inside one round compares like
-with like. Before every timed step the same preparation:
+`--busy-core` keeps one other core busy for the whole run (a process spinning in a loop), as a shared
+CI machine's other job would. The figures are the ratios per round (stream / that round's cp), of
+wall seconds and of CPU seconds, and their min / median / max over the rounds: a shared machine's
+disk and memory drift, and only a ratio inside one round compares like with like. Before every timed step the same preparation:
 
 1. the source's cached pages are evicted with posix_fadvise(DONTNEED) (cold source; drop_caches is
    not used: it would empty the cache of this machine's other users too, and the outputs of
@@ -359,6 +360,7 @@ def main() -> None:
     parser.add_argument("--drain-timeout", type=float, default=60.0, help="seconds to wait at most for the drain")
     parser.add_argument("--baseline", metavar="REV", help="also time the converters package as it is at this git revision")
     parser.add_argument("--recipe", action="store_true", help="also time the original script's recipe (about 10 s a round)")
+    parser.add_argument("--busy-core", action="store_true", help="keep one other core busy for the whole run (a spinning process)")
     parser.add_argument("--child", nargs=3, metavar=("METHOD", "SRC", "DST"), help=argparse.SUPPRESS)
     parser.add_argument("--baseline-dir", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -368,7 +370,10 @@ def main() -> None:
         parser.error("--rounds: at least 5 (a min / median / max of fewer says little)")
 
     work = Path(tempfile.mkdtemp(prefix="bench-stream-", dir=args.dir)).resolve()
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if args.busy_core else None
     try:
+        if busy:
+            print(f"one other core kept busy by process {busy.pid} (a spinning loop) for the whole run")
         methods, baseline = ["cp", "stream"], None
         if args.baseline:  # the whole converters package at that revision (the stream calls the loader, the plan, ...)
             baseline = work / "baseline"
@@ -432,8 +437,15 @@ def main() -> None:
               + "; ".join(f"{m} " + ", ".join(f"{x['cpu']:.2f}" for x in rs) for m, rs in runs.items()))
         print("seconds per round: " + "; ".join(f"{m} " + ", ".join(f"{x['work']:.2f}" for x in rs) for m, rs in runs.items()))
         print(f"stream/cp per round: {', '.join(f'{x:.2f}' for x in ratio['stream'])}; min / median / max {spread(ratio['stream'])}")
-        print(f"stream/cp = {median(ratio['stream']):.2f}, peak_anon_over_baseline_mb = {median([x['peak_mb'] for x in runs['stream']]):.0f}")
+        cpu_ratio = {m: [a["cpu"] / c["cpu"] for a, c in zip(runs[m], runs["cp"])] for m in methods if m != "cp"}
+        for method, values in cpu_ratio.items():
+            print(f"{method}/cp cpu per round: {', '.join(f'{x:.2f}' for x in values)}; min / median / max {spread(values)}")
+        print(f"stream/cp = {median(ratio['stream']):.2f}, stream/cp cpu = {median(cpu_ratio['stream']):.2f}, "
+              f"peak_anon_over_baseline_mb = {median([x['peak_mb'] for x in runs['stream']]):.0f}")
     finally:
+        if busy:
+            busy.kill()
+            busy.wait()
         shutil.rmtree(work, ignore_errors=True)
 
 

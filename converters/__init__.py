@@ -6,7 +6,7 @@
     assert coverage.ok, coverage.describe()
     model = converters.build_model(case, hf_state)
 
-Each family is one module in `converters/families/` declaring `FAMILY = Family(...)` (see
+Each family is one module in `converters/families/` declaring `FAMILY = Family.declared_in(globals(), ...)` (see
 `converters/family.py`). This facade is lazy: `import converters` imports neither torch nor
 transformers until a name below is used (the pytest plugin relies on it). Library modules never
 import it back: they import from `converters.core`, `converters.registry` and the rest directly.

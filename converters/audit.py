@@ -31,11 +31,11 @@ from pathlib import Path
 import torch
 
 from . import compat
+from .cards import code as _code
 from .checkpoint import CheckpointError, NotMappable, load
 from .checks import as_loaded, outputs_close
-from .export import _code, error_text
 from .metrics import max_abs_diff
-from .quote import listing, quote
+from .quote import error_text, listing, quote
 
 SAME = "same"
 CONFIG_FILE, PROCESSOR_FILE = "config.json", "preprocessor_config.json"
@@ -544,7 +544,8 @@ def _compare(result: Audit, case, repo: str, view: Path, refused: list[Finding],
 
 def markdown(result: Audit) -> str:
     """A short audit that could be posted on the repo's discussion page."""
-    from .export import _cell, versions
+    from .cards import cell as _cell
+    from .save import versions
 
     bad = [f for f in result.findings if f.verdict != SAME]
     head = ("Every finding is `same`: the published files reproduce the original." if not bad else
@@ -579,7 +580,7 @@ Audited {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} with {stack}.
 
 
 def write(result: Audit, path: Path) -> Path:
-    from .export import write_text
+    from .atomic import write_text
 
     path.parent.mkdir(parents=True, exist_ok=True)
     write_text(path, markdown(result))

@@ -12,12 +12,12 @@ import os
 import pickle
 import re
 import zipfile
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping
 
 import torch
+from zlib_ng.zlib_ng import crc32  # zlib's CRC-32 values at ~10x its speed (25.5 vs 2.1-2.5 GB/s measured here)
 
 from .quote import listing, quote
 
@@ -271,7 +271,7 @@ def _crc_matches(archive: zipfile.ZipFile, fd: int, info: zipfile.ZipInfo, buffe
         read = os.preadv(fd, [buffer[:min(len(buffer), left)]], start)
         if not read:
             raise EOFError(f"the file ends inside {info.filename}")
-        crc = zlib.crc32(buffer[:read], crc)
+        crc = crc32(buffer[:read], crc)
         start, left = start + read, left - read
     return crc == info.CRC
 

@@ -85,12 +85,12 @@ def grey_levels(diff: torch.Tensor, image_std) -> float:
 
 
 def as_loaded(case, folder, oracle, source_transform, photographs: dict, pictures: dict | None = None) -> Check:
-    """The saved `folder` loaded as users load it (`export.load_as_users_do`) against the original
+    """The saved `folder` loaded as users load it (`as_loaded.load_as_users_do`) against the original
     evaluation on `photographs` (name -> PIL image): per processor path ("default", and "pil" on
     5.x) pixel grey levels, output max abs diff, cosine, top-1/top-5 agreement; the pipeline's top-1.
     Given a `pictures` dict (--html), fills photograph -> path -> `plots.pixel_images` (PNGs)."""
     from . import compat
-    from .export import LoadError, load_as_users_do
+    from .as_loaded import LoadError, load_as_users_do
 
     try:
         loaded = load_as_users_do(folder, case)

@@ -2,8 +2,9 @@
 tests need to convert, check and vary its cases.
 
 A family is one module in `converters/families/` (or in a package named by $VISION_PORT_FAMILIES)
-that defines `FAMILY = Family(...)`; its `name` is the module's name. Required members are the
-conversion itself (cases, plan, original layout, oracle), for the property tests a strategy of
+that defines `FAMILY = Family.declared_in(globals(), ...)`: its `name` is the module's name, and
+the members the module defines under their own names (`plan`, `oracle`, ...) are taken from it.
+Required members are the conversion itself (cases, plan, original layout, oracle), for the property tests a strategy of
 valid configurations, and the original evaluation (`evaluation`: None only so the registry can
 name it when missing); every other member has a default, documented beside it.
 """
@@ -112,6 +113,19 @@ class Family:
     # Licence, papers, repository and training data of the original weights (the model card's).
     # None: not declared; such a family converts and saves (its card says so) but is never pushed.
     provenance: Provenance | None = None
+
+    @classmethod
+    def declared_in(cls, namespace: Mapping[str, Any], **members) -> "Family":
+        """The family a module declares, at its end: `FAMILY = Family.declared_in(globals(), cases=...)`.
+        Its name is the module's; every member the module defines under the member's own name
+        (`def plan(case)`, `def original_layout(case)`, `def oracle(...)`, `def configurations(...)`,
+        `def evaluation(case)`, ...) is taken from it; the others are given as `members`. A member both
+        defined and given is an error: one declaration per member."""
+        defined = {f.name: namespace[f.name] for f in fields(cls) if f.name != "name" and f.name in namespace}
+        twice = sorted(set(defined) & set(members))
+        if twice:
+            raise TypeError(f"{namespace['__name__']}: {', '.join(twice)} defined in the module and given to Family.declared_in")
+        return cls(name=namespace["__name__"].rpartition(".")[2], **defined, **members)
 
     def case_ids(self) -> list[str]:
         return [c.id for c in self.cases]

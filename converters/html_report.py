@@ -236,8 +236,8 @@ def page(cases: dict, pictures: dict, saved: dict | None = None, versions: dict 
 
 
 def write(path: Path, cases: dict, pictures: dict, saved: dict | None = None, versions: dict | None = None) -> dict:
-    """Build the page and write it whole or not at all (`export.write_text`); its size and seconds."""
-    from .export import write_text
+    """Build the page and write it whole or not at all (`atomic.write_text`); its size and seconds."""
+    from .atomic import write_text
 
     started = time.perf_counter()
     document = page(cases, pictures, saved, versions)

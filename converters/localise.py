@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .hooks import forward_hooks
 from .metrics import max_abs_diff
 
 
@@ -95,7 +96,7 @@ def first_divergence(converted, oracle, converted_inputs: dict, oracle_inputs: t
     pairs = pair_modules(converted, oracle)
     outputs: dict[tuple[str, str], list] = {}
     order: list[str] = []
-    handles = []
+    watched = []
 
     def hook(side: str, name: str):
         def record(module, args, output):
@@ -108,14 +109,10 @@ def first_divergence(converted, oracle, converted_inputs: dict, oracle_inputs: t
     pair_of = dict(pairs)
     for side, model, names in (("converted", converted, set(pair_of)), ("oracle", oracle, set(pair_of.values()))):
         modules = dict(model.named_modules())
-        handles += [modules[n].register_forward_hook(hook(side, n)) for n in names]
-    try:
-        with torch.inference_mode():
-            converted(**converted_inputs)
-            oracle(*oracle_inputs)
-    finally:
-        for h in handles:
-            h.remove()
+        watched += [(modules[n], hook(side, n)) for n in names]
+    with forward_hooks(watched), torch.inference_mode():
+        converted(**converted_inputs)
+        oracle(*oracle_inputs)
 
     for name in dict.fromkeys(order):
         ours, theirs = outputs.get(("converted", name)), outputs.get(("oracle", pair_of[name]))
@@ -261,13 +258,8 @@ def block_parity(converted, oracle, converted_inputs: dict, oracle_inputs: tuple
             recorded.setdefault(name, []).append(tuple(t if t is None else t.clone() for t in (given, output)))
         return hook
 
-    handles = [modules[o].register_forward_hook(record(o), with_kwargs=True) for o in set(pairs.values())]
-    try:
-        with torch.inference_mode():
-            oracle(*oracle_inputs)
-    finally:
-        for h in handles:
-            h.remove()
+    with forward_hooks(((modules[o], record(o)) for o in set(pairs.values())), with_kwargs=True), torch.inference_mode():
+        oracle(*oracle_inputs)
 
     calls: dict[str, int] = {}
     forced: dict[str, bool] = {}
@@ -315,17 +307,10 @@ def block_parity(converted, oracle, converted_inputs: dict, oracle_inputs: tuple
             order.append(block)
         return pre, post
 
-    handles = []
-    for block in pairs:
-        pre, post = force(block)
-        handles += [ours[block].register_forward_pre_hook(pre, with_kwargs=True),
-                    ours[block].register_forward_hook(post, with_kwargs=True)]
-    try:
-        with torch.inference_mode():
-            converted(**converted_inputs)
-    finally:
-        for h in handles:
-            h.remove()
+    forcing = {block: force(block) for block in pairs}
+    with forward_hooks([(ours[b], post) for b, (_, post) in forcing.items()],
+                       before=[(ours[b], pre) for b, (pre, _) in forcing.items()], with_kwargs=True), torch.inference_mode():
+        converted(**converted_inputs)
     blocks = []
     for block in dict.fromkeys(order):  # in the order the blocks finished
         diff = max(d for d, _ in errors[block])

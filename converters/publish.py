@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import policy
+from .quote import quote
+from .record import checks_from_json
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 
@@ -92,7 +94,11 @@ def evidence(folder: Path, allow_random: bool = False) -> dict:
         validation = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise PushRefused(f"{path} cannot be read ({e}): not pushed") from None
-    bad = policy.refusal(validation["checks"])  # the save's own policy, on the fields it recorded
+    try:
+        checks = checks_from_json(validation["checks"])
+    except (KeyError, TypeError, AttributeError, ValueError) as e:
+        raise PushRefused(f"{path} holds no valid check results ({quote(e)}): not pushed") from None
+    bad = policy.refusal(checks)  # the save's own policy, on the fields it recorded
     if bad:
         raise PushRefused(f"{folder} did not pass validation ({bad}): not pushed")
     if validation["original"]["weights"] != "pretrained" and not allow_random:
@@ -109,19 +115,19 @@ def files(folder: Path) -> list[Path]:
 
 def commit_message(validation: dict) -> tuple[str, str]:
     """A title naming the case and the validation result, and one line per check."""
-    checks = validation["checks"]
+    checks = checks_from_json(validation["checks"])
     counts = {}
     for check in checks.values():
-        counts[check["status"]] = counts.get(check["status"], 0) + 1
+        counts[check.status] = counts.get(check.status, 0) + 1
     result = ", ".join(f"{n} {status}" for status, n in counts.items())
     title = f"Add {validation['case']}: validation {result} ({validation['original']['weights']} weights)"
     lines = []
     for name, check in checks.items():
-        line = f"- {name}: {check['status']}"
-        if check.get("max_abs_diff") is not None:
-            line += f", max abs diff {check['max_abs_diff']:.3g}"
-            if check.get("atol") is not None:
-                line += f" (tolerance {check['atol']:.3g})"
+        line = f"- {name}: {check.status}"
+        if check.max_abs_diff is not None:
+            line += f", max abs diff {check.max_abs_diff:.3g}"
+            if check.atol is not None:
+                line += f" (tolerance {check.atol:.3g})"
         lines.append(line)
     sha256 = validation["original"].get("sha256")
     description = (f"Converted from {validation['original']['source']}{f' (sha256 {sha256})' if sha256 else ''} to {validation['model_class']} "

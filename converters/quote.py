@@ -42,3 +42,9 @@ def listing(items: Iterable[object], limit: int = MAX_ITEMS, sep: str = ", ", co
     shown = sep.join(quote(item) for item in items[:limit])
     more = f"{sep}... ({len(items) - limit} more)" if len(items) > limit else ""
     return f"{len(items)}: {shown}{more}" if count else f"{shown}{more}"
+
+
+def error_text(e: BaseException, limit: int = 600) -> str:
+    """An exception for a message: its type and its text on one line, quoted (`converters.quote`):
+    bounded with a visible mark, never cut into a word that reads as something else."""
+    return f"{type(e).__name__}: {quote(' '.join(str(e).split()), limit)}"

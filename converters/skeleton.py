@@ -102,14 +102,11 @@ oracle = fill_this_in("oracle", "return a callable pixels -> the case's output, 
 # widths, heads, image size, classes); tiny=True where real tensors are made: keep them small.
 configurations = fill_this_in("configurations", "return a hypothesis strategy of config overrides (import hypothesis inside)")
 
-FAMILY = Family(
-    name="{name}",
+# The module's name is the family's; plan, original_layout, oracle, configurations and evaluation
+# are the functions above, taken by their names (converters/family.py documents every member).
+FAMILY = Family.declared_in(
+    globals(),
     cases=CASES,
-    plan=plan,
-    original_layout=original_layout,
-    oracle=oracle,
-    configurations=configurations,
-    evaluation=evaluation,
     unwrap=(),  # entries of the checkpoint file holding the weights, e.g. ("model",)
     # a small configuration for the mutation and per-block parity tests (a forward in milliseconds)
     mutants=(Small("{name}_base", {{"hidden_size": 32, "num_attention_heads": 2, "num_hidden_layers": 2}}),),

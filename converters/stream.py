@@ -20,9 +20,7 @@ from __future__ import annotations
 import errno
 import json
 import os
-import re
 import zipfile
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
@@ -31,13 +29,13 @@ import torch
 
 from . import checkpoint, compat
 from .case import Case
+from .memory import nbytes
 from .metrics import max_abs_diff
 
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
+SHARD_PATTERN = "model{suffix}.safetensors"  # huggingface_hub's: model.safetensors, model-00001-of-00002.safetensors
 DEFAULT_SHARD_BYTES = 1 << 30  # 1 GiB (256 MiB measured no faster on the 2.6 GB benchmark)
-TOO_LARGE = "too large for a forward pass in this machine's memory"
-MEMORY_BUDGET_ENV = "VISION_PORT_MEMORY_MB"  # overrides MemAvailable as the memory a forward pass may use
 
 
 class StreamError(RuntimeError):
@@ -52,30 +50,6 @@ class Streamed:
     bytes: int  # total tensor bytes
     index: dict | None = None  # the index JSON written (None: a single file)
     problems: list[str] = field(default_factory=list)
-
-
-def nbytes(tensor: torch.Tensor) -> int:
-    return tensor.numel() * tensor.element_size()
-
-
-def shards(state: Mapping[str, torch.Tensor], shard_bytes: int) -> list[list[str]]:
-    """Keys grouped in order into shards of at most `shard_bytes`; a larger tensor stands alone."""
-    groups: list[list[str]] = []
-    current, size = [], 0
-    for key, tensor in state.items():
-        n = nbytes(tensor)
-        if current and size + n > shard_bytes:
-            groups.append(current)
-            current, size = [], 0
-        current.append(key)
-        size += n
-    if current:
-        groups.append(current)
-    return groups
-
-
-def shard_names(count: int) -> list[str]:
-    return [SINGLE] if count == 1 else [f"model-{i:05d}-of-{count:05d}.safetensors" for i in range(1, count + 1)]
 
 
 # safetensors dtype names
@@ -179,20 +153,19 @@ def write_file(path: Path, tensors: Mapping[str, torch.Tensor], source: SourceFi
 def write(state: Mapping[str, torch.Tensor], folder: Path, shard_bytes: int = DEFAULT_SHARD_BYTES,
           source: SourceFile | None = None, written=lambda name, keys: None) -> Streamed:
     """Write `state` as safetensors shards (+ index) into an existing `folder`, one shard at a time;
-    `written(name, keys)` is called after each shard (the save verifies it while the next is written)."""
-    groups = shards(state, shard_bytes)
-    names = shard_names(len(groups))
-    weight_map = {}
-    for name, keys in zip(names, groups):
+    `written(name, keys)` is called after each shard (the save verifies it while the next is written).
+    The grouping, the file names and the index are huggingface_hub's, as `save_pretrained` writes them."""
+    from huggingface_hub import split_torch_state_dict_into_shards
+
+    split = split_torch_state_dict_into_shards(dict(state), filename_pattern=SHARD_PATTERN, max_shard_size=shard_bytes)
+    for name, keys in split.filename_to_tensors.items():
         write_file(folder / name, {k: state[k] for k in keys}, source)
-        weight_map.update(dict.fromkeys(keys, name))
         written(name, keys)
-    total = sum(nbytes(t) for t in state.values())
     index = None
-    if len(names) > 1:
-        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    if split.is_sharded:
+        index = {"metadata": split.metadata, "weight_map": split.tensor_to_filename}
         (folder / INDEX).write_text(json.dumps(index, indent=2) + "\n")
-    return Streamed(folder, names, len(weight_map), total, index)
+    return Streamed(folder, list(split.filename_to_tensors), len(split.tensor_to_filename), sum(nbytes(t) for t in state.values()), index)
 
 
 @dataclass
@@ -204,7 +177,7 @@ class SourceChecks:
 
 
 def crc32(tensor: torch.Tensor) -> int:
-    return zlib.crc32(memoryview(tensor.detach().contiguous().reshape(-1).view(torch.uint8).numpy()))
+    return checkpoint.crc32(memoryview(tensor.detach().contiguous().reshape(-1).view(torch.uint8).numpy()))
 
 
 def verify_file(path: Path, keys, expected: Mapping[str, torch.Tensor], checks: SourceChecks | None = None) -> list[str]:
@@ -342,113 +315,21 @@ def save(case: Case, original: Mapping[str, torch.Tensor], folder: Path, shard_b
 def convert_file(case: Case, path, destination, shard_bytes: int = DEFAULT_SHARD_BYTES) -> Streamed:
     """Original file -> `destination` folder, streamed: memory-mapped source, staged output, verified,
     then renamed into place. Nothing is left at `destination` (or in staging) unless all succeeded."""
-    from . import export
+    from . import atomic
     from .core import load_original
 
     destination = Path(destination)
     if destination.exists():
-        raise export.OutputExists(f"{case.id}: {destination} exists and is not overwritten")
+        raise atomic.OutputExists(f"{case.id}: {destination} exists and is not overwritten")
     original = load_original(case, path, mmap=True, checks=False).state  # save checks the source as it writes
-    export.remove_stale_staging(destination.parent)  # left by a killed conversion, as --save does
-    with export.terminate_as_interrupt():  # SIGTERM too
-        staging = export.staging_dir(destination.parent, destination.name)
+    atomic.remove_stale_staging(destination.parent)  # left by a killed conversion, as --save does
+    with atomic.terminate_as_interrupt():  # SIGTERM too
+        staging = atomic.staging_dir(destination.parent, destination.name)
         try:
             streamed = save(case, original, staging, shard_bytes, source_path=path, check_source=True)
-            export.publish(staging, destination)
+            atomic.publish(staging, destination)
         except BaseException:  # KeyboardInterrupt too: an interrupted save leaves nothing behind
-            export.discard(staging)
+            atomic.discard(staging)
             raise
     streamed.folder = destination
     return streamed
-
-
-# --------------------------------------------------------------------------- memory
-
-
-def weight_bytes(case: Case) -> int:
-    from .core import target_layout
-
-    return sum(nbytes(t) for t in target_layout(case).values())
-
-
-def forward_bytes(case: Case, images: int) -> int:
-    """About the memory a forward pass of `images` images needs besides its weights, which stay
-    pages of their memory-mapped file: three times the model's largest module output (a residual
-    block holds its input for the shortcut, the branch's intermediate and its output at once),
-    found by running it on the meta device (no memory, milliseconds), plus its largest weight:
-    CPU convolution kernels copy a layer's weight into their blocked layout while the layer runs
-    (measured: 310 MB of anonymous memory for a 306 MB 1x1 convolution)."""
-    from .core import build_config
-
-    model = compat.build_model(case.model_class, build_config(case), device="meta")
-    largest = [0]
-
-    def hook(module, args, output):
-        outputs = [output] if isinstance(output, torch.Tensor) else (
-            output.values() if isinstance(output, dict) else output if isinstance(output, (tuple, list)) else ())
-        for t in outputs:  # a tensor, a tuple of them, or a ModelOutput (a dict)
-            if isinstance(t, torch.Tensor):
-                largest[0] = max(largest[0], nbytes(t))
-
-    handles = [m.register_forward_hook(hook) for m in model.modules()]
-    try:
-        with torch.inference_mode():
-            model(pixel_values=torch.empty(images, 3, case.image_size, case.image_size, device="meta"))
-    finally:
-        for h in handles:
-            h.remove()
-    return 3 * largest[0] + max((nbytes(p) for p in model.parameters()), default=0)
-
-
-def available_bytes() -> int:
-    """What a forward pass may use: $VISION_PORT_MEMORY_MB if set, else the kernel's MemAvailable,
-    or less where a memory cgroup limits this process (its limit minus the anonymous memory it
-    holds: file pages, memory-mapped weights among them, are reclaimed under the limit)."""
-    if os.environ.get(MEMORY_BUDGET_ENV):
-        return int(float(os.environ[MEMORY_BUDGET_ENV]) * 2**20)
-    found = re.search(r"MemAvailable:\s+(\d+) kB", Path("/proc/meminfo").read_text())
-    available = int(found.group(1)) * 1024 if found else 2**63
-    headroom = cgroup_headroom()
-    return available if headroom is None else min(available, headroom)
-
-
-def cgroup_headroom() -> int | None:
-    """The memory cgroup's limit minus its anonymous memory (cgroup v1, or v2 at /sys/fs/cgroup);
-    None without a limit."""
-    try:
-        lines = Path("/proc/self/cgroup").read_text().splitlines()
-    except OSError:
-        return None
-    for line in lines:
-        _, controllers, path = line.split(":", 2)
-        if "memory" in controllers.split(","):
-            base, limit_file, anon_key = Path("/sys/fs/cgroup/memory") / path.lstrip("/"), "memory.limit_in_bytes", "total_rss"
-        elif controllers == "" and (Path("/sys/fs/cgroup") / path.lstrip("/") / "memory.max").is_file():
-            base, limit_file, anon_key = Path("/sys/fs/cgroup") / path.lstrip("/"), "memory.max", "anon"
-        else:
-            continue
-        try:
-            limit = (base / limit_file).read_text().strip()
-            stat = dict(line.split() for line in (base / "memory.stat").read_text().splitlines())
-        except OSError:
-            continue
-        if limit != "max" and int(limit) < 2**60:
-            return int(limit) - int(stat.get(anon_key, 0))
-    return None
-
-
-def too_large(case: Case, images: int = 1) -> str | None:
-    """Why a forward pass of `images` images cannot run in the memory available, or None when it
-    can. Streamed cases hold memory-mapped weights (page cache, reclaimable): only activations and
-    kernel workspace need memory (`forward_bytes`). Other cases are built in memory anyway."""
-    if not case.streamed:
-        return None
-    need, have = forward_bytes(case, images), available_bytes()
-    if need <= have:
-        return None
-    return (f"{case.id}: {TOO_LARGE}: a forward pass of {images} image{'s' if images != 1 else ''} needs about {_size(need)} (activations and "
-            f"one layer's weight; its {_size(weight_bytes(case))} of weights are memory-mapped), {_size(have)} available")
-
-
-def _size(n: int) -> str:
-    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"

@@ -18,6 +18,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
+from .hooks import forward_hooks
 from .plan import Plan, Rename
 
 Order = list[tuple[str, nn.Module]]
@@ -44,13 +45,8 @@ def call_order(model: nn.Module, *inputs) -> Order:
             seen.add(id(module))
             order.append((names[module], module))
 
-    handles = [m.register_forward_hook(hook) for m in model.modules()]
-    try:
-        with torch.no_grad():
-            model(*inputs)
-    finally:
-        for handle in handles:
-            handle.remove()
+    with forward_hooks((m, hook) for m in model.modules()), torch.no_grad():
+        model(*inputs)
     never_called = sorted(n for n, m in model.named_modules() if _own_state(m) and id(m) not in seen)
     if never_called:
         raise TraceError(f"{type(model).__name__}: modules with weights never ran on the trace input: {', '.join(never_called)}")

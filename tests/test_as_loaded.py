@@ -11,8 +11,8 @@ import pytest
 
 import converters
 from converters import checks
-from fixtures.images import photographs
-from fixtures.models import saved_synthetic
+from vision_port_fixtures.images import photographs
+from vision_port_fixtures.models import saved_synthetic
 
 CASE = converters.get(converters.cases()[0].id)  # any case: the first of the registry
 PHOTOS = dict(list(photographs().items())[:2])

@@ -21,13 +21,13 @@ from safetensors.torch import load_file, save_file
 
 import converters
 from converters import audit, compat
-from fixtures import options
-from fixtures.hub import (
+from tests.support.hub import (
     hub_server,  # noqa: F401  (the fixture)
     require_hub_client_1x,
 )
-from fixtures.images import photographs
-from fixtures.models import saved_synthetic
+from vision_port_fixtures import options
+from vision_port_fixtures.images import photographs
+from vision_port_fixtures.models import saved_synthetic
 
 ROOT = Path(__file__).resolve().parents[1]
 # The first case of the registry that can show every alteration: a layer_norm_eps in its config and
@@ -349,15 +349,16 @@ def test_the_harness_audits_each_case_writes_the_file_and_goes_on_past_a_bad_rep
 def test_a_failed_audit_does_not_block_the_save_of_a_conversion_that_passed():
     """The audit judges the published repo: its failure leaves `--save` of our conversion alone,
     while any other failed check still blocks it."""
-    from fixtures.session import Results
+    from converters.record import CheckResult
+    from vision_port_fixtures.results import Results
 
     results = Results()
     for check, may_fail in (("logits", False), ("audit", True)):
         results.declare({"case": CASE.id, "check": check, "may_skip": may_fail, "may_fail": may_fail})
     entry = results.entry(CASE.id, CASE.family)
-    entry["checks"] = {"logits": {"status": "passed"}, "audit": {"status": "failed"}}
+    entry.checks = {"logits": CheckResult("passed"), "audit": CheckResult("failed", may_fail=True)}
     assert results.publishable(CASE.id) is None
-    entry["checks"]["logits"]["status"] = "failed"
+    entry.checks["logits"].status = "failed"
     assert results.publishable(CASE.id) == "not saved: logits failed"
 
 

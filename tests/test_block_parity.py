@@ -22,8 +22,8 @@ from torch import nn
 import converters
 from converters import compat
 from converters.localise import block_parity
-from fixtures.plugin import family_params
 from tests.test_mutations import one_thread, small_cases
+from vision_port_fixtures.plugin import family_params
 
 
 def _swapped_in(block: str, state: dict) -> tuple[dict, tuple[str, str]]:

@@ -12,9 +12,9 @@ import pytest
 from huggingface_hub import ModelCard
 
 import converters
-from converters import export, registry
+from converters import cards, registry
 from converters.licences import HUB_LICENCES
-from fixtures import options
+from vision_port_fixtures import options
 
 CASES = registry.cases()
 SHA = "ab" * 32
@@ -22,7 +22,7 @@ IMAGES = ["synthetic_640x480", "synthetic_480x640", "synthetic_500x333"]
 
 
 def validation(case, weights: str = "pretrained") -> dict:
-    """What fixtures/session.validation_record gives a case whose checks passed (figures invented)."""
+    """What fixtures/outputs.validation_record gives a case whose checks passed (figures invented)."""
     passed = dict(status="passed", max_abs_diff=0.0, atol=0.0, reason=None)
     checks = {"key_coverage": dict(passed, max_abs_diff=None, atol=None), "pixel_values": passed,
               "logits": dict(passed, max_abs_diff=1.5e-6, atol=case.atol, cosine_similarity=1.0, top5_agreement=1.0),
@@ -39,7 +39,7 @@ def validation(case, weights: str = "pretrained") -> dict:
 
 
 def card_text(case, weights: str = "pretrained") -> str:
-    return str(export.model_card(case, validation(case, weights)))
+    return str(cards.model_card(case, validation(case, weights)))
 
 
 def first_paragraph(text: str) -> str:
@@ -53,7 +53,7 @@ def first_paragraph(text: str) -> str:
 def test_every_card_parses_back_with_its_provenance(case, tmp_path):
     provenance = registry.family_of(case).provenance_of(case)
     path = tmp_path / "README.md"
-    export.model_card(case, validation(case)).save(path)
+    cards.model_card(case, validation(case)).save(path)
     card = ModelCard.load(path)
     data = card.data
     assert data.license == provenance.licence in HUB_LICENCES
@@ -116,7 +116,7 @@ def test_a_local_checkpoint_is_named_by_its_file_never_its_path():
     case = converters.get("convnextv2_atto_1k_224")
     record = validation(case)
     record["original"]["source"] = record["original"]["files"][0]["source"] = "/home/someone/ckpt/atto_ema.pt"
-    text = str(export.model_card(case, record))
+    text = str(cards.model_card(case, record))
     assert "`atto_ema.pt`" in text and "/home/someone" not in text
     assert f"| main-{case.id}.pth | a local file, not fetched from `{case.url}` |" in text  # not "published at"
 

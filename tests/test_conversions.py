@@ -15,10 +15,15 @@ import pytest
 import torch
 
 import converters
-from converters import audit, checks, compat, export, pixels, stream
+from converters import atomic, audit, checks, compat, memory, pixels, save
 from converters.localise import block_parity, first_divergence
-from fixtures.models import float32, output
-from fixtures.session import TooLarge
+from vision_port_fixtures.models import float32, output
+from vision_port_fixtures.plugin import case_params
+from vision_port_fixtures.results import TooLarge
+
+# Every case of the registry, in plain sight (as timm's tests/test_models.py parametrises over its
+# registry), at session scope: a case's original and conversion are made once for all its checks.
+pytestmark = pytest.mark.parametrize("case", case_params(), scope="session")
 
 # Overridable so the harness's own tests can record into a scratch directory.
 EXPECTED_DIR = Path(os.environ.get("VISION_PORT_EXPECTED_DIR", Path(__file__).resolve().parents[1] / "expected_logits"))
@@ -153,8 +158,8 @@ def test_expected_logits(case, original, hf_model, hf_processor, harness, record
         indices = list(range(5)) + logits.topk(5).indices.tolist()
         expected = {"case": case.id, "source": original.source, "sha256": original.sha256, "image": "coco val2017 000000039769",
                     "indices": indices, "values": [round(logits[i].item(), 6) for i in indices], "atol": 1e-4,
-                    "recorded_with": export.versions()}
-        export.write_json(path, expected)
+                    "recorded_with": save.versions()}
+        atomic.write_json(path, expected)
     diff = (logits[expected["indices"]] - torch.tensor(expected["values"])).abs().max().item()
     record.figures(max_abs_diff=diff, atol=expected["atol"], images=["coco"])
     assert diff <= expected["atol"], f"{case.id}: logits vs {path.name}, max abs diff {diff:.3g} > atol {expected['atol']:.1g}"
@@ -178,7 +183,7 @@ def test_save_reload(case, original, hf_processor, pixels, images, saved_folder,
     record.figures(**staged)
     reloaded_pixels = type(hf_processor).from_pretrained(folder)(images=list(images.values()), return_tensors="pt")["pixel_values"]
     assert torch.equal(reloaded_pixels, pixels), f"{case.id}: the saved preprocessor config gives other pixel values"
-    too_large = stream.too_large(original.case, len(images))
+    too_large = memory.too_large(original.case, len(images))
     if too_large:  # the verified weights stand; no output was compared, and the record says so
         record.figures(max_abs_diff=None, atol=None, reason=f"weights verified tensor for tensor, outputs not compared: {too_large}")
         return
@@ -196,7 +201,7 @@ def test_save_reload(case, original, hf_processor, pixels, images, saved_folder,
     expected = request.getfixturevalue("hf_output")
     check = checks.outputs_close(case.id, "reloaded model's output", output(case, reloaded.eval(), pixels), expected, 0.0)
     memory_mapped = {}
-    if not check.ok and stream.weight_bytes(original.case) < stream.available_bytes() / 2:
+    if not check.ok and memory.weight_bytes(original.case) < memory.available_bytes() / 2:
         # from_pretrained memory-maps safetensors, whose tensors sit at 16-byte (not 64-byte) offsets,
         # and single-threaded CPU kernels then take other paths (RegNet, one thread: 5.7e-6). The same
         # bytes in aligned memory must give the outputs exactly; both figures are reported. (Weights
@@ -215,7 +220,7 @@ def test_as_loaded(case, original, saved_folder, oracle_model, record, harness, 
     and backend="pil" on 5.x, the task's Auto model class, pipeline() for classifiers) on the
     photographs, against the original evaluation (its preprocessing of the RGB image + the oracle):
     `converters.checks.as_loaded`, whose tolerances say what was measured."""
-    from fixtures.images import photographs
+    from vision_port_fixtures.images import photographs
 
     record.original(original)
     if case.pixel_divergence:  # the pixel check's documented divergence reaches what users load too
@@ -224,7 +229,7 @@ def test_as_loaded(case, original, saved_folder, oracle_model, record, harness, 
         request.applymarker(pytest.mark.xfail(strict=True, reason=(
             f"{case.id}: transformers {compat.transformers.__version__}'s AutoConfig does not know the deprecated "
             f"{case.config_class}: users load it by class (the card says how)")))
-    too_large = stream.too_large(original.case, AS_LOADED_PHOTOGRAPHS)  # the photographs go through in one batch
+    too_large = memory.too_large(original.case, AS_LOADED_PHOTOGRAPHS)  # the photographs go through in one batch
     if too_large:
         raise TooLarge(f"outputs not compared: {too_large}")
     original.ensure_unchanged()
@@ -244,7 +249,7 @@ def test_audit(case, harness, record, request):
     our conversion of the original the harness loaded, as saved (`converters.audit`): config,
     weights, preprocessor and pixels, outputs on the photographs. Read only. A failure judges the
     published repo, not this conversion: it does not block `--save`."""
-    from fixtures.images import photographs
+    from vision_port_fixtures.images import photographs
 
     opts, _ = harness
     if not opts.audit:
@@ -261,7 +266,7 @@ def test_audit(case, harness, record, request):
     original = request.getfixturevalue("original")
     record.original(original)
     ours, _ = request.getfixturevalue("saved_folder")
-    too_large = stream.too_large(original.case, AS_LOADED_PHOTOGRAPHS)  # as in test_as_loaded
+    too_large = memory.too_large(original.case, AS_LOADED_PHOTOGRAPHS)  # as in test_as_loaded
     photos = dict(list(photographs().items())[:AS_LOADED_PHOTOGRAPHS])
     try:
         result = audit.audit(original.case, repo, folder, ours, None if too_large else request.getfixturevalue("oracle_model"),

@@ -135,7 +135,7 @@ def test_the_reference_is_the_fine_tuning_evaluation_not_the_old_scripts_squash(
     (measured: max abs diff 1.56 on chelsea, 2.0 on astronaut)."""
     from torchvision import transforms
 
-    from fixtures.images import photographs
+    from vision_port_fixtures.images import photographs
 
     original = transforms.Compose([
         transforms.Resize(int(224 / (224 / 256)), interpolation=transforms.InterpolationMode.BICUBIC),

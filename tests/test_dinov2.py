@@ -12,7 +12,7 @@ import torch.nn.functional as F
 import converters
 from converters import CheckpointError, checks
 from converters.families import dinov2
-from fixtures.originals import resolve
+from vision_port_fixtures.originals import resolve
 
 pytestmark = pytest.mark.dinov2  # the nightly workflow selects families by mark
 

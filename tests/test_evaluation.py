@@ -9,7 +9,7 @@ import torch
 from torchvision import transforms
 
 from converters.evaluation import Evaluation, TimmEvaluation, timm_evaluation
-from fixtures.images import photographs, synthetic_image
+from vision_port_fixtures.images import photographs, synthetic_image
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 HALF = (0.5, 0.5, 0.5)

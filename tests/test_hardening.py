@@ -12,13 +12,13 @@ import sys
 from pathlib import Path
 
 import converters
-from fixtures.hub import hub_server  # noqa: F401  (the fixture)
+from tests.support.hub import hub_server  # noqa: F401  (the fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 ATTO, FEMTO, PICO = (converters.get(f"convnextv2_{size}_1k_224") for size in ("atto", "femto", "pico"))
 
 # A process that saves a case exactly as the harness does (the save/reload check stages the model
-# and processor with `export.stage`, session finish completes the folder with `export.finish_save`:
+# and processor with `save.stage`, session finish completes the folder with `save.finish_save`:
 # validation.json, the card, the rename into place), once per request, each time in a forked child that is killed at the requested point:
 # "none", "after:<seconds>" (SIGKILL from outside, mid-whatever), or "<os function>:<n>" (the child
 # SIGKILLs itself at that call, e.g. just before the final rename). Imports and the model are paid
@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 torch.set_num_threads(1)  # the forked children must not need a thread pool (it does not survive fork)
 import converters
-from converters import export
+from converters import atomic, save
 
 case = converters.get(sys.argv[1])
 model = converters.build_model(case, converters.convert(case, converters.synthetic_original(case))[0])
@@ -39,10 +39,10 @@ validation = {"case": case.id, "family": case.family, "model_class": case.model_
               "original": {"weights": "random", "source": "synthetic"},
               "checks": {"logits": {"status": "passed", "max_abs_diff": 0.0, "atol": 1e-5}}}
 
-def save(out):  # the harness's own two steps: the save/reload check stages, session finish completes
-    staging = export.staging_dir(out, case.id)
-    export.stage(case, staging, processor, model=model)
-    export.finish_save(case, staging, out / case.id, validation)
+def save_case(out):  # the harness's own two steps: the save/reload check stages, session finish completes
+    staging = atomic.staging_dir(out, case.id)
+    save.stage(case, staging, processor, model=model)
+    save.finish_save(case, staging, out / case.id, validation)
 
 def die_at(name, n):
     real, calls = getattr(os, name), [0]
@@ -73,7 +73,7 @@ def attempt(out, point):
             if ":" in point and not point.startswith("after:"):
                 name, n = point.split(":")
                 die_at(name, int(n))
-            save(Path(out))
+            save_case(Path(out))
             os._exit(0)
         except BaseException:
             import traceback
@@ -84,7 +84,7 @@ def attempt(out, point):
         os.kill(pid, signal.SIGKILL)  # not yet reaped: the pid is still this child's, even if it has exited
     return reap(pid)
 
-save(Path(sys.argv[2]))
+save_case(Path(sys.argv[2]))
 print("ready", flush=True)
 for line in sys.stdin:
     out, point = line.split()
@@ -181,11 +181,11 @@ def test_parallel_workers_save_and_push_each_passed_case_exactly_once(hub_server
 
 
 def test_staging_left_by_a_killed_run_is_removed_and_a_live_one_kept(tmp_path):
-    from converters import export
+    from converters import atomic
 
-    live = export.staging_dir(tmp_path, "convnextv2_atto_1k_224")  # this process: alive
+    live = atomic.staging_dir(tmp_path, "convnextv2_atto_1k_224")  # this process: alive
     dead = tmp_path / ".staging-convnextv2_atto_1k_224-999999999-k1ll3d"
     dead.mkdir()
     (dead / "model.safetensors").write_bytes(b"partial")
-    assert export.remove_stale_staging(tmp_path) == [dead]
+    assert atomic.remove_stale_staging(tmp_path) == [dead]
     assert live.is_dir() and not dead.exists()

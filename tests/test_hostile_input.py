@@ -19,10 +19,10 @@ import torch
 from safetensors.torch import save_file
 
 import converters
-from converters import CheckpointError, checks, export, sources
-from fixtures import options
-from fixtures.hub import hub_server  # noqa: F401  (the fixture)
-from fixtures.originals import from_files
+from converters import CheckpointError, atomic, cards, checks, sources
+from tests.support.hub import hub_server  # noqa: F401  (the fixture)
+from vision_port_fixtures import options
+from vision_port_fixtures.originals import from_files
 
 ROOT = Path(__file__).resolve().parents[1]
 ATTO, FEMTO = converters.get("convnextv2_atto_1k_224"), converters.get("convnextv2_femto_1k_224")
@@ -260,7 +260,7 @@ def test_the_card_says_whether_a_local_file_is_the_published_one():
     said = {}
     for recorded in (sha, "cd" * 32):
         checks_ = {"expected_logits": {"status": "passed", "published_sha256": recorded}}
-        card = export.model_card(ATTO, base | {"checks": checks_}).content
+        card = cards.model_card(ATTO, base | {"checks": checks_}).content
         said[recorded] = next(line for line in card.splitlines() if line.startswith("| f.pt |"))
     assert "its sha256 is the recorded sha256 of the published file" in said[sha]
     assert "NOT the published file" in said["cd" * 32] and "`cdcdcdcdcdcd`" in said["cd" * 32]
@@ -363,8 +363,8 @@ HOLDER = r"""
 import os, sys, time
 os.getpid = lambda: 999999999  # the PID it has in another namespace: no such process here
 from pathlib import Path
-from converters import export
-print(export.staging_dir(Path(sys.argv[1]), "convnextv2_atto_1k_224"), flush=True)
+from converters import atomic, cards
+print(atomic.staging_dir(Path(sys.argv[1]), "convnextv2_atto_1k_224"), flush=True)
 time.sleep(600)
 """
 
@@ -374,11 +374,11 @@ def test_a_live_staging_folder_of_another_pid_namespace_is_kept_and_a_dead_ones_
     try:
         live = Path(holder.stdout.readline().strip())
         assert live.is_dir() and "-999999999-" in live.name
-        assert export.remove_stale_staging(tmp_path) == [] and live.is_dir()  # before: removed (no /proc/999999999)
+        assert atomic.remove_stale_staging(tmp_path) == [] and live.is_dir()  # before: removed (no /proc/999999999)
     finally:
         holder.kill()
         holder.wait()
-    assert export.remove_stale_staging(tmp_path) == [live] and not live.exists()  # its lock died with it
+    assert atomic.remove_stale_staging(tmp_path) == [live] and not live.exists()  # its lock died with it
 
 
 # --------------------------------------------------------------------------- 15: reachability probe

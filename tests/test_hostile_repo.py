@@ -24,8 +24,8 @@ import pytest
 
 import converters
 from converters import audit, compat
-from fixtures.images import photographs
-from fixtures.models import saved_synthetic
+from vision_port_fixtures.images import photographs
+from vision_port_fixtures.models import saved_synthetic
 
 ROOT = Path(__file__).resolve().parents[1]
 # A small case runnable here whose config sizes the model with a list of integers (depths, widths).

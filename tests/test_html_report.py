@@ -26,11 +26,11 @@ from PIL import Image
 
 import converters
 from converters import checks, compat, html_report, plots
-from fixtures import options
-from fixtures.models import saved_synthetic
 from tests.support.broken_plan import ENV as BROKEN_PLAN
 from tests.test_loud_failures import Config
 from tests.test_session import run_harness
+from vision_port_fixtures import options
+from vision_port_fixtures.models import saved_synthetic
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 # as the environment's notes say to run it: no sandbox (root), nothing fetched in the background
@@ -229,7 +229,7 @@ def test_the_difference_map_is_in_grey_levels_where_the_pixels_differ():
 
 def test_the_as_loaded_check_keeps_pictures_only_when_asked(tmp_path, monkeypatch):
     """Without --html no picture is made (no cost); with it, one per (photograph, processor path)."""
-    from fixtures.images import photographs
+    from vision_port_fixtures.images import photographs
 
     case, folder, oracle = saved_synthetic(smallest_case(), tmp_path)
     photos = dict(list(photographs().items())[:2])
@@ -259,7 +259,7 @@ def test_a_directory_a_path_under_a_file_and_no_matplotlib_are_refused_up_front(
         options.parse(Config(html=str(tmp_path)))
     (tmp_path / "a_file").write_text("")
     with pytest.raises(pytest.UsageError, match=r"--html .*a_file: cannot write there"):
-        options.parse(Config(html=str(tmp_path / "a_file" / "page.html")))
+        options.prepare(options.parse(Config(html=str(tmp_path / "a_file" / "page.html"))))
     import importlib.util
 
     find_spec = importlib.util.find_spec
@@ -294,13 +294,13 @@ def test_a_full_disk_is_refused_up_front(small_tmpfs):
     assert full.value.errno == errno.ENOSPC
     tempfile.NamedTemporaryFile(dir=mount).close()  # an empty file can still be created there: the probe writes
     with pytest.raises(pytest.UsageError, match=r"--html .*cannot write there \(No space left on device\)"):
-        options.parse(Config(html=str(mount / "page.html")))
+        options.prepare(options.parse(Config(html=str(mount / "page.html"))))
 
 
 def test_a_read_only_directory_is_refused_up_front(small_tmpfs):
     mount = small_tmpfs("ro")
     with pytest.raises(pytest.UsageError, match=r"--html .*cannot write there \(Read-only file system\)"):
-        options.parse(Config(html=str(mount / "page.html")))
+        options.prepare(options.parse(Config(html=str(mount / "page.html"))))
 
 
 def test_a_bad_html_path_stops_the_run_before_any_work(tmp_path):
@@ -310,8 +310,9 @@ def test_a_bad_html_path_stops_the_run_before_any_work(tmp_path):
 
 
 def test_a_page_that_cannot_be_written_fails_the_run_and_leaves_nothing(tmp_path, monkeypatch):
-    from converters import export
-    from fixtures.session import Results, _write_html
+    from converters import atomic
+    from vision_port_fixtures.outputs import write_html as _write_html
+    from vision_port_fixtures.results import Results
 
     def no_space(*args):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -319,7 +320,7 @@ def test_a_page_that_cannot_be_written_fails_the_run_and_leaves_nothing(tmp_path
     class Session:
         exitstatus = 0
 
-    monkeypatch.setattr(export.os, "replace", no_space)
+    monkeypatch.setattr(atomic.os, "replace", no_space)
     cases, pictures = _evil_results()
     results, session = Results(cases=cases, pictures=pictures), Session()
     _write_html(session, results, options.Options(html=tmp_path / "page.html"))

@@ -4,7 +4,7 @@ and failed uploads fail the way the client reports them on the real Hub."""
 
 from __future__ import annotations
 
-from fixtures.hub import require_hub_client_1x
+from tests.support.hub import require_hub_client_1x
 
 require_hub_client_1x()  # before the imports that differ in huggingface_hub 0.x
 
@@ -23,7 +23,7 @@ from huggingface_hub.errors import (
 )
 from safetensors.torch import save_file
 
-from fixtures.hub import hub_server  # noqa: F401  (the fixture; conftest.py already exists)
+from tests.support.hub import hub_server  # noqa: F401  (the fixture; conftest.py already exists)
 
 REPO = "tester/tiny"
 

@@ -13,10 +13,11 @@ from types import SimpleNamespace
 import pytest
 
 import converters
-from converters import export
-from fixtures import options
-from fixtures.options import OPTIONS, Options
-from fixtures.session import HarnessSession
+from converters import atomic, cards, save
+from converters.record import CheckResult
+from vision_port_fixtures import options
+from vision_port_fixtures.options import OPTIONS, Options
+from vision_port_fixtures.session import HarnessSession
 
 ATTO = converters.get("convnextv2_atto_1k_224")
 CHECKS = ("key_coverage", "logits", "save_reload")
@@ -46,9 +47,9 @@ def passed_and_staged(session: HarnessSession, save: Path) -> Path:
     for check in CHECKS:
         results.declare({"case": ATTO.id, "check": check, "may_skip": False})
     entry = results.entry(ATTO.id, ATTO.family)
-    entry["weights"] = "random"
-    entry["checks"] = {c: {"status": "passed", "max_abs_diff": 0.0, "atol": 0.0, "reason": None} for c in CHECKS}
-    staging = export.staging_dir(save, ATTO.id)
+    entry.weights = "random"
+    entry.checks = {c: CheckResult("passed", max_abs_diff=0.0, atol=0.0) for c in CHECKS}
+    staging = atomic.staging_dir(save, ATTO.id)
     results.staged[ATTO.id] = (staging, {"original": {"weights": "random", "source": "synthetic"}, "images": ["x"]})
     return staging
 
@@ -66,7 +67,7 @@ def no_space(*args, **kwargs):
 
 
 def test_a_save_failing_at_finish_fails_the_session_saying_why(tmp_path, monkeypatch):
-    monkeypatch.setattr(export, "finish_save", no_space)
+    monkeypatch.setattr(save, "finish_save", no_space)
     session = harness_session(Options(save=tmp_path / "out", report=tmp_path / "r.json"))
     staging = passed_and_staged(session, tmp_path / "out")
     status, lines = finish(session)
@@ -77,7 +78,7 @@ def test_a_save_failing_at_finish_fails_the_session_saying_why(tmp_path, monkeyp
 
 
 def test_under_xdist_a_workers_failed_save_fails_the_controller(tmp_path, monkeypatch):
-    monkeypatch.setattr(export, "finish_save", no_space)
+    monkeypatch.setattr(save, "finish_save", no_space)
     worker = harness_session(Options(save=tmp_path / "out"), worker=True)
     passed_and_staged(worker, tmp_path / "out")
     finish(worker)
@@ -101,9 +102,9 @@ def test_a_report_failing_at_finish_prints_the_summary_leaves_no_temporary_and_f
 
 
 def test_write_json_failing_leaves_no_temporary_file(tmp_path, monkeypatch):
-    monkeypatch.setattr(export.os, "replace", no_space)
+    monkeypatch.setattr(atomic.os, "replace", no_space)
     with pytest.raises(OSError):
-        export.write_json(tmp_path / "r.json", {"a": 1})
+        atomic.write_json(tmp_path / "r.json", {"a": 1})
     assert list(tmp_path.iterdir()) == []
 
 
@@ -117,6 +118,25 @@ class Config:
 
     def getoption(self, name):
         return self.given[name]
+
+
+def test_parsing_the_options_changes_nothing_and_the_session_start_does_the_rest(tmp_path, monkeypatch):
+    """options.parse reads and checks; folders, the stale staging sweep and the Hub's whoami wait
+    for the session's start (options.prepare)."""
+    from converters import publish
+
+    asked = []
+    monkeypatch.setattr(publish, "whoami", lambda *a, **k: asked.append("whoami") or "someone")
+    stale = tmp_path / "out" / ".staging-x-1-abc"
+    stale.mkdir(parents=True)
+    given = Config(save=str(tmp_path / "out"), report=str(tmp_path / "reports" / "r.json"), html=str(tmp_path / "pages" / "p.html"),
+                   push="org", audit=True)
+    before = sorted(tmp_path.rglob("*"))
+    opts = options.parse(given)
+    assert sorted(tmp_path.rglob("*")) == before and not asked and opts.audit_dir is None
+    options.prepare(opts)
+    assert asked == ["whoami"] and not stale.exists()
+    assert (tmp_path / "reports").is_dir() and (tmp_path / "pages").is_dir() and opts.audit_dir == tmp_path / "reports"
 
 
 def test_an_existing_directory_as_report_is_refused_up_front(tmp_path):
@@ -140,7 +160,7 @@ def test_non_finite_tensors_are_refused_at_load_naming_every_key(tmp_path):
 
 
 def test_the_report_is_strict_json_non_finite_figures_are_null_with_a_reason(tmp_path):
-    export.write_json(tmp_path / "r.json", {"logits": {"max_abs_diff": float("inf"), "atol": 1e-5}, "v": [float("nan"), 1.0]})
+    atomic.write_json(tmp_path / "r.json", {"logits": {"max_abs_diff": float("inf"), "atol": 1e-5}, "v": [float("nan"), 1.0]})
     text = (tmp_path / "r.json").read_text()
     assert "Infinity" not in text and "NaN" not in text
     data = json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} in the report"))
@@ -160,7 +180,7 @@ def test_published_records_name_a_local_file_by_name_and_sha256_and_the_card_tab
     import torch
 
     from converters import checkpoint, publish
-    from fixtures.originals import from_files
+    from vision_port_fixtures.originals import from_files
 
     path = tmp_path / "we`ird|name.pt"
     torch.save({"model": converters.synthetic_original(ATTO)}, path)
@@ -171,7 +191,7 @@ def test_published_records_name_a_local_file_by_name_and_sha256_and_the_card_tab
                   "hub_name": ATTO.hub_name, "images": ["x"], "versions": {"torch": torch.__version__}, "original": public,
                   "checks": {"logits": {"status": "passed", "max_abs_diff": 0.0, "atol": 1e-5, "reason": None},
                              "expected_logits": {"status": "skipped", "reason": "a | b `c`\nsecond line"}}}
-    card = export.model_card(ATTO, validation).content
+    card = cards.model_card(ATTO, validation).content
     title, description = publish.commit_message(validation)
     for published in (json.dumps(public), card, title + description):
         assert str(tmp_path) not in published

@@ -26,7 +26,7 @@ import converters
 from converters import checks, compat
 from converters.case import Case
 from converters.plan import Drop, Op, Plan, Rename, Split, Template, Transpose, meta_state, rename_key
-from fixtures.plugin import family_params
+from vision_port_fixtures.plugin import family_params
 
 MIN_MUTANTS = 20
 PICKS = {"swap": 8, "transpose_square": 3, "transpose": 2, "zero_bias": 4, "drop_key": 4}

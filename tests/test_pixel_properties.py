@@ -20,9 +20,9 @@ from hypothesis import event, strategies as st
 import converters
 from converters import compat
 from converters.pixels import NotModelled, hf_geometry, predicted_causes, source_geometry
-from fixtures.images import synthetic_image
-from fixtures.plugin import family_params
 from hypothesis_profiles import examples, given
+from vision_port_fixtures.images import synthetic_image
+from vision_port_fixtures.plugin import family_params
 
 # --------------------------------------------------------------------------- pipelines per family
 
@@ -111,7 +111,7 @@ def test_documented_divergences_are_the_predicted_ones(family):
     """A case documents a pixel divergence (`Case.pixel_divergence`, which turns the harness's
     pixel check into a strict expected failure) exactly when the arithmetic predicts one on the
     harness's test images (fixtures/images.py)."""
-    from fixtures.images import SIZES
+    from vision_port_fixtures.images import SIZES
 
     _pipelines_or_skip(family)
     wrong = []

@@ -10,8 +10,10 @@ from types import SimpleNamespace
 import pytest
 
 from converters import policy, publish
-from converters.stream import TOO_LARGE
-from fixtures.session import HarnessSession, Results, TooLarge
+from converters.memory import TOO_LARGE
+from converters.record import checks_from_json
+from vision_port_fixtures.results import Results, TooLarge
+from vision_port_fixtures.session import HarnessSession
 
 CASE = "some_case"
 
@@ -33,11 +35,14 @@ def passed(**fields) -> dict:
     ({"logits": passed(status="skipped", reason=f"x: {TOO_LARGE}"), "save_reload": passed(tensors_verified=12)}, "logits skipped"),
 ])
 def test_save_and_push_decide_alike(checks, refused, tmp_path):
-    assert policy.refusal(checks) == refused
+    typed = checks_from_json(checks)
+    assert policy.refusal(typed) == refused
+    assert {name: result.to_json() for name, result in typed.items()} == {
+        name: {"max_abs_diff": None, "atol": None, "reason": None} | result for name, result in checks.items()}  # one JSON, both ways
     results = Results()
     for name, result in checks.items():
         results.declare({"case": CASE, "check": name, "may_skip": result["may_skip"], "may_fail": result["may_fail"]})
-    results.entry(CASE, "family")["checks"] = checks
+    results.entry(CASE, "family").checks = typed
     assert results.publishable(CASE) == (refused and f"not saved: {refused}")
     (tmp_path / "validation.json").write_text(json.dumps({"checks": checks, "original": {"weights": "pretrained", "source": "x"}}))
     if refused:
@@ -53,7 +58,7 @@ def test_a_too_large_skip_is_recorded_as_a_field_of_its_check():
     session = HarnessSession.__new__(HarnessSession)
     results = Results()
     found = {"case": CASE, "family": "family", "check": "logits", "may_skip": False, "may_fail": False}
-    for error, expected in ((TooLarge(f"{CASE}: {TOO_LARGE}"), True), (pytest.skip.Exception("other"), None)):
+    for error, expected in ((TooLarge(f"{CASE}: {TOO_LARGE}"), True), (pytest.skip.Exception("other"), False)):
         hook = session.pytest_runtest_makereport(None, SimpleNamespace(when="setup", excinfo=SimpleNamespace(value=error)))
         next(hook)
         report = SimpleNamespace(when="setup", passed=False, skipped=True, duration=0.1, longrepr=("f", 1, f"Skipped: {error}"),
@@ -61,5 +66,13 @@ def test_a_too_large_skip_is_recorded_as_a_field_of_its_check():
         with pytest.raises(StopIteration) as done:
             hook.send(report)
         results.record(done.value.value)
-        assert results.cases[CASE]["checks"]["logits"].get("too_large") is expected
+        assert results.cases[CASE].checks["logits"].too_large is expected
+        assert results.to_json()[CASE]["checks"]["logits"].get("too_large") is (expected or None)
         results.cases.clear()
+
+
+def test_a_malformed_check_record_is_refused_naming_the_check(tmp_path):
+    (tmp_path / "validation.json").write_text(json.dumps({"checks": {"logits": {"status": "great"}},
+                                                          "original": {"weights": "pretrained", "source": "x"}}))
+    with pytest.raises(publish.PushRefused, match=r"holds no valid check results \(check 'logits': not a check result"):
+        publish.evidence(tmp_path)

@@ -7,7 +7,7 @@ in output, the report or any saved file."""
 
 from __future__ import annotations
 
-from fixtures.hub import require_hub_client_1x
+from tests.support.hub import require_hub_client_1x
 
 require_hub_client_1x()  # before the imports that differ in huggingface_hub 0.x
 
@@ -23,7 +23,7 @@ from safetensors.torch import load_file
 
 import converters
 from converters import compat
-from fixtures.hub import hub_server  # noqa: F401  (the fixture)
+from tests.support.hub import hub_server  # noqa: F401  (the fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 ORG = "vision-port-test"

@@ -100,9 +100,9 @@ def test_a_broken_family_fails_collection_not_silently(tmp_path):
 
 def test_importing_the_plugin_imports_neither_torch_nor_transformers():
     """The pytest11 entry point loads the plugin into every pytest run of the environment."""
-    code = ("import sys, fixtures.plugin, fixtures.session, fixtures.originals, fixtures.models, fixtures.images, "
-            "fixtures.processors, fixtures.oracles, converters.registry\n"
-            "names = fixtures.plugin.family_names()\n"
+    modules = ", ".join(f"vision_port_fixtures.{m}" for m in ("plugin", "session", "originals", "models", "images", "processors", "oracles"))
+    code = (f"import sys, {modules}, converters.registry\n"
+            "names = vision_port_fixtures.plugin.family_names()\n"
             "heavy = sorted(m for m in ('torch', 'transformers', 'timm', 'numpy') if m in sys.modules)\n"
             "print(heavy, len(names))")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -177,3 +177,17 @@ def test_a_plan_whose_lines_miss_the_installed_one_fails_key_coverage_naming_fam
     package("lines", LINES.format(line=compat.MAJOR))  # the same plan with the installed line declared
     _, coverage = converters.convert(case, converters.synthetic_original(case))
     assert coverage.ok, coverage.describe()
+
+
+def test_a_family_takes_its_name_and_the_members_its_module_defines_once():
+    from converters.family import Family
+
+    def plan(case):
+        return None
+
+    namespace = {"__name__": "converters.families.somefamily", "plan": plan, "original_layout": plan, "oracle": plan,
+                 "configurations": plan, "evaluation": plan, "helper": plan}
+    family = Family.declared_in(namespace, cases=())
+    assert family.name == "somefamily" and family.plan is plan and family.evaluation is plan
+    with pytest.raises(TypeError, match="somefamily: plan defined in the module and given to Family.declared_in"):
+        Family.declared_in(namespace, cases=(), plan=plan)

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import converters
-from converters import CheckpointError, compat, stream, trace
+from converters import CheckpointError, compat, memory, stream, trace
 from converters.families import regnet_seer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,7 +83,7 @@ def test_full_size_key_and_shape_coverage_on_meta():
         assert coverage.ok, coverage.describe()
         back, coverage = converters.revert(case, converters.target_layout(case))
         assert coverage.ok and shapes(back) == shapes(original), coverage.describe()
-        assert 36e9 < sum(stream.nbytes(t) for t in original.values()) < 38e9
+        assert 36e9 < sum(memory.nbytes(t) for t in original.values()) < 38e9
         # multi-digit block indices inside the second part of stage 3, and the largest tensor
         assert tuple(original["trunk._feature_blocks.res4.block3-part1.block3-16.f.c.weight"].shape) == (11110, 11110, 1, 1)
         assert tuple(original["trunk._feature_blocks.res5.block4-part0.block4-0.f.c.weight"].shape) == (28280, 28280, 1, 1)
@@ -181,7 +181,7 @@ def test_truncated_and_old_format_files_name_case_and_path(tmp_path, reduced):
 def test_shard_boundaries_and_index(tmp_path, reduced):
     case, state = reduced[IN1K.id]
     converted, _ = converters.convert(case, state)
-    sizes = {k: stream.nbytes(v) for k, v in converted.items()}
+    sizes = {k: memory.nbytes(v) for k, v in converted.items()}
     largest = max(sizes.values())  # the head, 256 x 1000 fp32
     limit = largest // 3  # the head and the stage-4 convolutions exceed a shard
     streamed = stream.save(case, state, tmp_path / "out", shard_bytes=limit)
@@ -264,17 +264,17 @@ def test_memory_check_for_a_forward_pass(monkeypatch):
     """The 10B's 34.8 GiB of weights are memory-mapped (file pages, reclaimed under pressure): a
     forward pass needs its activations and, while a layer runs, that layer's weight in the CPU
     kernels' layout. Only that is weighed against the memory available."""
-    monkeypatch.delenv(stream.MEMORY_BUDGET_ENV, raising=False)
-    assert 0 < stream.available_bytes() < 2**50  # the kernel's MemAvailable
-    monkeypatch.setenv(stream.MEMORY_BUDGET_ENV, str(4 * 1024))
-    assert stream.too_large(IN1K, 1) is None  # 34.8 GiB of weights, 4 GiB of memory: runs
-    monkeypatch.setenv(stream.MEMORY_BUDGET_ENV, "1024")
-    assert stream.too_large(IN1K, 1) == (
-        f"{IN1K.id}: {stream.TOO_LARGE}: a forward pass of 1 image needs about 3.8 GiB (activations and one layer's "
+    monkeypatch.delenv(memory.MEMORY_BUDGET_ENV, raising=False)
+    assert 0 < memory.available_bytes() < 2**50  # the kernel's MemAvailable
+    monkeypatch.setenv(memory.MEMORY_BUDGET_ENV, str(4 * 1024))
+    assert memory.too_large(IN1K, 1) is None  # 34.8 GiB of weights, 4 GiB of memory: runs
+    monkeypatch.setenv(memory.MEMORY_BUDGET_ENV, "1024")
+    assert memory.too_large(IN1K, 1) == (
+        f"{IN1K.id}: {memory.TOO_LARGE}: a forward pass of 1 image needs about 3.8 GiB (activations and one layer's "
         "weight; its 34.8 GiB of weights are memory-mapped), 1.0 GiB available")
-    assert "5.5 GiB" in stream.too_large(IN1K, 3)  # three images' activations
-    assert stream.too_large(IN1K.for_random_weights(), 3) is None
-    assert stream.too_large(converters.get("resnet152"), 3) is None  # not a streamed case: built in memory anyway
+    assert "5.5 GiB" in memory.too_large(IN1K, 3)  # three images' activations
+    assert memory.too_large(IN1K.for_random_weights(), 3) is None
+    assert memory.too_large(converters.get("resnet152"), 3) is None  # not a streamed case: built in memory anyway
 
 
 def _larger_than_memory():
@@ -354,7 +354,7 @@ def test_a_model_larger_than_its_memory_runs_every_check(tmp_path):
     cgroup: every check runs from the memory-mapped weights, none skips for memory, the outputs
     are exact, no OOM kill (benchmarks/bench_large_forward.py; measured here: 147 s, peak
     anonymous memory 962 MB). expected_logits skips as for every file that is not the published one."""
-    from fixtures.memory_limit import cgroup_v1_available
+    from tests.support.memory_limit import cgroup_v1_available
 
     if reason := cgroup_v1_available():
         pytest.skip(f"{reason}; run benchmarks/bench_large_forward.py where it is")
@@ -382,7 +382,7 @@ def test_a_model_too_large_to_run_skips_its_output_checks_and_saves_verified_wei
     """With less memory than even a forward pass's activations need (a 1 MiB budget), logits and
     expected logits skip with the reason, the streamed save is verified tensor for tensor, and the
     record says that no output was compared."""
-    env = {**os.environ, stream.MEMORY_BUDGET_ENV: "1", "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, memory.MEMORY_BUDGET_ENV: "1", "HF_HUB_OFFLINE": "1"}
     run = subprocess.run(
         [sys.executable, "-m", "pytest", "tests/test_conversions.py", "-q", "-k", IN1K.id,
          "--weights", "random", "--save", str(tmp_path / "out")],
@@ -392,7 +392,7 @@ def test_a_model_too_large_to_run_skips_its_output_checks_and_saves_verified_wei
     validation = json.loads((tmp_path / "out" / IN1K.id / "validation.json").read_text())
     checks = validation["checks"]
     for name in ("logits", "expected_logits"):
-        assert checks[name]["status"] == "skipped" and checks[name]["too_large"] is True and stream.TOO_LARGE in checks[name]["reason"]
+        assert checks[name]["status"] == "skipped" and checks[name]["too_large"] is True and memory.TOO_LARGE in checks[name]["reason"]
         assert checks[name]["max_abs_diff"] is None
     assert checks["save_reload"]["status"] == "passed" and checks["save_reload"]["tensors_verified"] == len(converters.target_layout(IN1K))
     assert checks["save_reload"]["max_abs_diff"] is None and "outputs not compared" in checks["save_reload"]["reason"]

@@ -30,8 +30,8 @@ import converters
 from converters import checks, compat
 from converters.case import random_state
 from converters.plan import Drop, Plan, Rename, Reshape, Split, Transpose
-from fixtures.plugin import family_params
 from hypothesis_profiles import examples, given
+from vision_port_fixtures.plugin import family_params
 
 # --------------------------------------------------------------------------- configurations
 # Each family declares `configurations(case, tiny)`: a strategy of config overrides valid for the

@@ -17,8 +17,8 @@ from converters import trace
 from converters.families import resnet
 from converters.plan import _PLACEHOLDER
 from converters.reference import timm_data_config
-from fixtures.images import synthetic_images
-from fixtures.originals import resolve
+from vision_port_fixtures.images import synthetic_images
+from vision_port_fixtures.originals import resolve
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.resnet
@@ -120,7 +120,7 @@ def test_checkpoint_file_pth_and_safetensors(tmp_path):
 
 SEEDED_CACHE = r"""
 import json, sys, timm, torch, converters
-from fixtures.originals import resolve
+from vision_port_fixtures.originals import resolve
 from converters import sources
 from converters.families import resnet
 case = converters.get("resnet18")

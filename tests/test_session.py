@@ -14,7 +14,7 @@ import torch
 
 import converters
 from converters import checkpoint
-from fixtures.images import synthetic_image
+from vision_port_fixtures.images import synthetic_image
 
 ROOT = Path(__file__).resolve().parents[1]
 ATTO, FEMTO = converters.get("convnextv2_atto_1k_224"), converters.get("convnextv2_femto_1k_224")

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import converters
-from converters import checkpoint, export, stream
+from converters import atomic, checkpoint, memory, stream
 
 CASE = next(c for c in converters.cases() if c.streamed).for_random_weights()
 SHARD = 1_000_000  # several shards for a few-MB state
@@ -130,7 +130,7 @@ def test_the_staging_a_killed_conversion_left_is_removed_by_the_next(source, tmp
     dead.wait()  # its pid is gone
     stale = out / f".staging-converted-{dead.pid}-abc123"
     stale.mkdir(parents=True)
-    live = export.staging_dir(out, "other")  # a conversion still running (it holds the folder's lock): kept
+    live = atomic.staging_dir(out, "other")  # a conversion still running (it holds the folder's lock): kept
     for folder in (stale, live):
         (folder / "model-00001-of-00002.safetensors").write_bytes(b"half")
     stream.convert_file(CASE, source, out / "converted", shard_bytes=SHARD)
@@ -182,18 +182,18 @@ def test_the_memory_a_forward_pass_may_use_is_the_cgroup_limit(tmp_path):
     machine's MemAvailable (22 GiB here)."""
     import sys
 
-    from fixtures.memory_limit import cgroup_v1_available, run_limited
+    from tests.support.memory_limit import cgroup_v1_available, run_limited
 
     if reason := cgroup_v1_available():
-        pytest.skip(f"{reason}: elsewhere the budget is MemAvailable or {stream.MEMORY_BUDGET_ENV}")
-    env = {k: v for k, v in os.environ.items() if k != stream.MEMORY_BUDGET_ENV}
-    code = "from converters import stream; print(stream.available_bytes(), stream.cgroup_headroom())"
+        pytest.skip(f"{reason}: elsewhere the budget is MemAvailable or {memory.MEMORY_BUDGET_ENV}")
+    env = {k: v for k, v in os.environ.items() if k != memory.MEMORY_BUDGET_ENV}
+    code = "from converters import stream; print(memory.available_bytes(), memory.cgroup_headroom())"
     limit = 768 << 20
     figures = run_limited([sys.executable, "-c", code], env, limit, tmp_path / "out.log", timeout=120)
     assert figures["returncode"] == 0, (tmp_path / "out.log").read_text()
     available, headroom = map(int, (tmp_path / "out.log").read_text().split())
     assert available == headroom and 0 < headroom < limit, (available, headroom)
-    assert stream.cgroup_headroom() is None or stream.cgroup_headroom() > limit  # this process: not limited so
+    assert memory.cgroup_headroom() is None or memory.cgroup_headroom() > limit  # this process: not limited so
 
 
 # --------------------------------------------------------------------------- the source read once

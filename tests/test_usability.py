@@ -12,9 +12,11 @@ from pathlib import Path
 import torch
 
 import converters
-from converters import export, selection
-from fixtures import plugin
-from fixtures.session import Results, summary
+from converters import cards, selection
+from converters.record import CaseRecord, CheckResult, checks_from_json
+from vision_port_fixtures import plugin
+from vision_port_fixtures.results import Results
+from vision_port_fixtures.summary import summary
 
 ROOT = Path(__file__).resolve().parents[1]
 ATTO = converters.get("convnextv2_atto_1k_224")
@@ -114,15 +116,15 @@ class Terminal:
 def test_a_known_pixel_divergence_is_said_plainly_with_its_measured_figure():
     resnet50 = converters.get("resnet50")
     checks = {"pixel_values": {"status": "xfailed", "max_abs_diff": 4.11, "atol": 0.0, "reason": resnet50.pixel_divergence}}
-    notice = export.divergence_notice(resnet50, {"checks": checks})
+    notice = cards.divergence_notice(resnet50, {"checks": checks})
     assert "pixel values that differ from the original evaluation's by up to 4.11" in notice
     assert "weights themselves are converted exactly" in notice and f"`{resnet50.timm_tag}`" in notice
-    assert export.divergence_notice(ATTO, {"checks": checks}) is None
+    assert cards.divergence_notice(ATTO, {"checks": checks}) is None
 
     results = Results()
     results.order = ["pixel_values"]
-    results.cases = {"resnet50": {"family": "resnet", "weights": "random", "checks": checks},
-                     ATTO.id: {"family": "convnextv2", "weights": "random", "checks": {"pixel_values": {"status": "passed", "max_abs_diff": 0.0}}}}
+    results.cases = {"resnet50": CaseRecord("resnet", "random", checks=checks_from_json(checks)),
+                     ATTO.id: CaseRecord("convnextv2", "random", checks={"pixel_values": CheckResult("passed", max_abs_diff=0.0)})}
     results.saved = {"resnet50": "/out/resnet50", ATTO.id: f"/out/{ATTO.id}"}
     tr = Terminal()
     summary(tr, results)
@@ -134,9 +136,9 @@ def test_a_known_pixel_divergence_is_said_plainly_with_its_measured_figure():
 
 def test_a_known_output_divergence_is_said_plainly():
     case = next(c for c in converters.cases("dinov2") if c.output_divergence)
-    notice = export.divergence_notice(case, {"checks": {"logits": {"status": "passed", "max_abs_diff": 2e-5}}})
+    notice = cards.divergence_notice(case, {"checks": {"logits": {"status": "passed", "max_abs_diff": 2e-5}}})
     assert "differ from the original evaluation's" in notice and case.output_divergence in notice and "2e-05" in notice
-    assert "outputs differ from the original evaluation's" in export.divergence_summary(case, {})
+    assert "outputs differ from the original evaluation's" in cards.divergence_summary(case, {})
 
 
 class Plugins:
@@ -161,7 +163,7 @@ class Capture:
 def test_progress_of_a_step_with_v_in_the_main_process_only():
     from types import SimpleNamespace
 
-    from fixtures.progress import step
+    from vision_port_fixtures.progress import step
 
     def run(verbose, worker=False):
         tr, capture = Terminal(), Capture()

@@ -10,7 +10,7 @@ import torch
 import converters
 from converters import compat
 from converters.reference import timm_data_config
-from fixtures.plugin import case_marks
+from vision_port_fixtures.plugin import case_marks
 
 pytestmark = pytest.mark.vit_hybrid  # the nightly workflow selects families by mark
 CASE = converters.get("vit_hybrid_base_bit_384")

@@ -170,14 +170,9 @@ def evaluation(case: Case) -> Evaluation:
                       crop_size=size, interpolation="bicubic", mean=IMAGENET_MEAN, std=IMAGENET_STD, **rule)
 
 
-FAMILY = Family(
-    evaluation=evaluation,
-    name="convnextv2",
+FAMILY = Family.declared_in(
+    globals(),
     cases=CASES,
-    plan=plan,
-    original_layout=original_layout,
-    oracle=oracle,
-    configurations=configurations,
     # Policy: the weights are taken from "model"; another entry (a training `model_ema`) is
     # ignored and named in the report. timm's filter reads the same entry.
     unwrap=("model",),

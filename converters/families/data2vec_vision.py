@@ -294,18 +294,13 @@ def configurations(case: Case, tiny: bool):
 _SMALL = {"hidden_size": 32, "num_attention_heads": 2, "num_hidden_layers": 2, "intermediate_size": 48, "image_size": 64,
           "patch_size": 16}
 
-FAMILY = Family(
-    name="data2vec_vision",
+FAMILY = Family.declared_in(
+    globals(),
     provenance=PROVENANCE,
     cases=CASES,
-    plan=plan,
-    original_layout=original_layout,
-    oracle=oracle,
-    configurations=configurations,
     unwrap=("model", "module"),
     allow=(argparse.Namespace,),  # the training arguments stored next to the weights
     evaluation=EVALUATION,
-    original_file=original_file,
     # both layouts: pre-training and fine-tuned
     mutants=(Small("data2vec_vision_base", _SMALL), Small("data2vec_vision_base_ft1k", {**_SMALL, "num_labels": 32})),
 )

@@ -303,14 +303,10 @@ def configurations(case: Case, tiny: bool):
 # size (no interpolation: the mutants test the mapping, tests/test_dinov2.py the interpolation)
 _SMALL = {"hidden_size": 32, "num_attention_heads": 2, "num_hidden_layers": 2, "mlp_ratio": 2, "image_size": 28}
 
-FAMILY = Family(
-    name="dinov2",
+FAMILY = Family.declared_in(
+    globals(),
     provenance=PROVENANCE,
     cases=CASES,
-    plan=plan,
-    original_layout=original_layout,
-    oracle=oracle,
-    configurations=configurations,
     evaluation=EVALUATION,
     mutants=(
         Small("dinov2_vits14", _SMALL, 28),

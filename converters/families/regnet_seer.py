@@ -343,15 +343,11 @@ EVALUATION = Evaluation(
 )
 
 
-FAMILY = Family(
+FAMILY = Family.declared_in(
+    globals(),
     evaluation=EVALUATION,
-    name="regnet_seer",
     provenance=PROVENANCE,
     cases=CASES,
-    plan=plan,
-    original_layout=original_layout,
-    oracle=oracle,
-    configurations=configurations,
     unwrap=("classy_state_dict.base_model.model",),
     # the 10B depths and parts at the reduced random-weights width (Case.random_config)
     mutants=(Small("regnet_y_10b_seer"), Small("regnet_y_10b_seer_in1k", {"num_labels": 256})),

@@ -208,16 +208,11 @@ def configurations(case: Case, tiny: bool):
     return config()
 
 
-FAMILY = Family(
+FAMILY = Family.declared_in(
+    globals(),
     evaluation=timm_evaluation,  # the original is timm (its a1/a1h/bt weights): the tag's pretrained config
-    name="resnet",
     provenance=PROVENANCE,
     cases=CASES,
-    plan=plan,
-    original_layout=original_layout,
-    oracle=oracle,
-    configurations=configurations,
-    original_file=original_file,
     mutants=(Small("resnet18", {"depths": [2, 1, 1, 2], "hidden_sizes": [8, 8, 16, 16], "num_labels": 16}),
              Small("resnet50", {"depths": [1, 2, 1, 1], "hidden_sizes": [16, 16, 32, 32], "num_labels": 32})),
 )

@@ -252,15 +252,10 @@ def configurations(case: Case, tiny: bool):
     return config()
 
 
-FAMILY = Family(
-    name="swin",
+FAMILY = Family.declared_in(
+    globals(),
     provenance=PROVENANCE,
     cases=CASES,
-    plan=plan,
-    original_layout=original_layout,
-    oracle=oracle,
-    configurations=configurations,
-    evaluation=evaluation,
     unwrap=("model",),
     # four stages, a shifted block in each but the last (whose map is one window), 2 downsamplings
     mutants=(Small("swin_tiny_patch4_window7_224", {"embed_dim": 16, "depths": [2, 2, 2, 2], "num_heads": [1, 2, 2, 4],

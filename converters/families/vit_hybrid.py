@@ -155,19 +155,14 @@ def configurations(case: Case, tiny: bool):
     return st.fixed_dictionaries({"num_labels": st.integers(1, 2000)})
 
 
-FAMILY = Family(
+FAMILY = Family.declared_in(
+    globals(),
     # The original is timm: TIMM_TAG's pretrained config (short side 384 bicubic, crop 384, mean/std 0.5).
     # The JAX weights' own evaluation (google-research/vision_transformer vit_jax/input_pipeline.py, test
     # mode: tf.image.resize to 384x384, bilinear, (x - 127.5) / 127.5) is TensorFlow's, not declared here.
     evaluation=timm_evaluation,
-    name="vit_hybrid",
     provenance=PROVENANCE,
     cases=CASES,
-    plan=plan,
-    original_layout=original_layout,
-    oracle=oracle,
-    configurations=configurations,
-    original_file=original_file,
     # the layout ignores the configured sizes: 98M random parameters per real-tensor example
     examples={True: (1, 3)},
     # ViTHybrid left transformers in 5.0: on 5.x its cases only skip
