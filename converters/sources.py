@@ -94,3 +94,31 @@ def original_file(case: Case, download: bool, part: str | None = None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.hub.download_url_to_file(url, str(path), progress=False)  # writes a temp file, then renames
     return path
+
+
+HUB = "https://huggingface.co"  # where cases without a URL (timm's pretrained configs) fetch from
+
+
+def hosts(cases) -> list[str]:
+    """Every host the cases' original files come from (the Hub for those without a URL), each once."""
+    urls = [url for case in cases for url in (case.url or HUB, *case.extra_files.values())]
+    return sorted({f"{urlparse(url).scheme}://{urlparse(url).hostname}" for url in urls})
+
+
+def main() -> int:
+    """`python -m converters.sources`: exit 1 naming every host of the registry's original files
+    that cannot be reached (the nightly's first step: fail in seconds rather than skip every case)."""
+    import sys
+
+    from .registry import cases
+
+    down = [host for host in hosts(cases()) if not reachable(host, timeout=5)]
+    if down:
+        print(f"the real weights need the network; cannot reach: {', '.join(down)} (the offline suite is tox -e tf5,tf4)",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import configparser
 import json
+import os
 import re
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import yaml
 
@@ -36,13 +38,14 @@ def test_ci_runs_exactly_the_readme_test_command():
 
 def test_tox_offline_envs_pin_both_transformers_lines():
     ini = tox()
-    assert ini["testenv:tf4"]["deps"].strip() == "transformers==4.57.6"
+    # tf4 also installs PyPI's `fixtures` (the top-level name the plugin must not take: test_packaging.py)
+    assert ini["testenv:tf4"]["deps"].split() == ["transformers==4.57.6", "fixtures"]
     assert ini["testenv:tf5"]["deps"].strip() == "transformers>=5,<6"
     for name in ("HF_HUB_OFFLINE = 1", "TRANSFORMERS_OFFLINE = 1", "HYPOTHESIS_PROFILE = fast"):
         assert name in ini["testenv"]["setenv"]
     assert "--weights random" in ini["testenv"]["commands"] and "-n 2" in ini["testenv"]["commands"]
     nightly = ini["testenv:nightly"]
-    assert "--weights pretrained --full" in nightly["commands"] and "reachable(" in nightly["commands"]
+    assert "--weights pretrained --full" in nightly["commands"] and "python -m converters.sources" in nightly["commands"]
     assert "HYPOTHESIS_PROFILE = thorough" in nightly["setenv"]
     assert "--full" not in ini["testenv"]["commands"]  # the default run (tf5, tf4) leaves the full run's checks out
 
@@ -126,6 +129,19 @@ def test_reachability_probe_answers_fast_when_offline(monkeypatch):
         assert reachable(f"http://127.0.0.1:{server.getsockname()[1]}/x", timeout=5) is True
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert reachable("https://huggingface.co", timeout=5) is False
+
+
+def test_the_nightly_probes_every_host_the_registry_names_and_stops_offline():
+    """`python -m converters.sources` (the nightly's first command): every host of every case's files."""
+    from converters import sources
+    from converters.registry import cases
+
+    urls = [u for c in cases() for u in (c.url, *c.extra_files.values()) if u]
+    assert set(sources.hosts(cases())) >= {"https://" + u.split("/")[2] for u in urls}
+    assert sources.hosts([]) == [] and sources.HUB in sources.hosts([SimpleNamespace(url=None, extra_files={})])
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    done = subprocess.run([sys.executable, "-m", "converters.sources"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "cannot reach: " in done.stderr and sources.HUB in done.stderr, done.stderr
 
 
 def test_nightly_audits_every_published_case_on_its_lines_and_uploads_the_files():
