@@ -15,6 +15,12 @@ deit/convert_deit_timm_to_pytorch.py). The cases target the same classes. `DeiTF
 holds neither: its embeddings always carry a distillation token (N + 2 positions), and it has no
 distillation head (the distilled original's output averages both heads).
 
+Where the published repos differ from the original (an --audit names it): neither script sets
+layer_norm_eps, so their configs keep 1e-12 (the original's LayerNorms: 1e-6; these cases set it),
+and their DeiTImageProcessor warps the image to a square (256x256, or the model's size for the plain
+ones) before the crop: on scikit-image's chelsea (451x300) 2.59 from the original evaluation's pixels
+at 224, where this family's processor is exact (measured, transformers 5.25).
+
 At evaluation both the original (`DistilledVisionTransformer.forward`, not training) and
 transformers' `...WithTeacher` return (head(class token) + head_dist(distillation token)) / 2, as
 timm's `VisionTransformerDistilled` (the oracle, through timm's own `checkpoint_filter_fn`) does.
