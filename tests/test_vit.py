@@ -139,3 +139,19 @@ def test_converted_tensors_are_laid_out_afresh_and_compute_as_reloaded():
     with torch.no_grad():
         outputs = [converters.build_model(SMALL, s)(pixel_values=pixels).logits for s in (converted, fresh)]
     assert torch.equal(*outputs)
+
+
+def test_the_draft_refuses_the_family_naming_the_arrangements_it_cannot_write():
+    """The plan composes operations per tensor (HWIO -> OIHW: three transposes; per-head kernels:
+    a reshape, then a transpose), which `converters.draft` does not read back: it refuses, naming
+    the entries and their shapes, rather than calling the pairing ambiguous. The plan is written by
+    hand and proved by the harness."""
+    from converters import draft
+    from converters.pairing import PairingError
+
+    small = draft.small_case(BASE)
+    with pytest.raises(PairingError) as error:
+        draft.compare(small)
+    message = str(error.value)
+    assert "target entries are arrangements of one original tensor" in message and "ambiguous" not in message
+    assert "patch_embeddings.projection.weight (32, 3, 8, 8): an arrangement of embedding/kernel" in message, message

@@ -223,6 +223,7 @@ def oracle(case: Case, original):
         num_classes=c["num_labels"], act_layer="gelu_tanh")
     if model.blocks[0].mlp.fc1.out_features != c["intermediate_size"]:  # timm derives the width from a ratio
         raise ValueError(f"{case.id}: timm's MLP width {model.blocks[0].mlp.fc1.out_features} is not {c['intermediate_size']}")
+    model.to(next(iter(original.values())).dtype)  # the archive's dtype (the draft codes elements in float64)
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "original.npz"
         np.savez(path, **{k: v.detach().cpu().numpy() for k, v in original.items()})
