@@ -50,7 +50,7 @@ def layout_hint(case: Case, keys: Iterable[str] | Mapping) -> str | None:
     scored = []
     for name, family in others:
         scored += [(_share(pairs, _layout(c, shapes)), name, c.id) for c in family.cases]
-        if max(scored)[0] >= 0.5:
+        if max(scored)[0] == 1.0:  # an exact match; a partial one (ViT-style families share most names) may be bettered
             break
     share, name, _ = max(scored)
     best = [c for s, n, c in scored if s == share and c != case.id]

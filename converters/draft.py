@@ -180,6 +180,13 @@ def _result(pairs, notes, src_left, tgt_left, oracle_state, target_state, codes:
     if unclear:
         raise PairingError("\n".join(unclear))
     landing = land(codes, _compose(oracle_state, pairs, target_state))
+    unwritable = {k: why for k, why in landing.unexplained.items() if why.startswith("an arrangement of")}
+    if unwritable:  # no rule reproduces them, so no output can decide between pairings: say what, not "ambiguous"
+        raise PairingError(
+            f"{len(unwritable)} target entries are arrangements of one original tensor that the draft writes as no "
+            f"single copy, reshape, transpose or chunk (a permutation of more than two dimensions, a reshape then a "
+            f"transpose): " + "; ".join(f"{quote(k)} {tuple(target_state[k].shape)}: {why}"
+                                        for k, why in list(unwritable.items())[:SHOWN]))
     if landing.twice:  # a plan moves each element once: no rule can copy one
         raise DraftError("original elements land more than once: " + "; ".join(
             f"{quote(k)} ({n} element(s))" for k, n in list(landing.twice.items())[:SHOWN]))
