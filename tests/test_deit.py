@@ -12,7 +12,7 @@ import torch
 import converters
 from converters import CheckpointError, compat
 from converters.families import deit
-from fixtures import originals
+from vision_port_fixtures import originals
 
 pytestmark = pytest.mark.deit  # the nightly workflow selects families by mark
 

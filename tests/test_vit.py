@@ -13,7 +13,7 @@ import converters
 from converters.checkpoint import CheckpointError
 from converters.diagnose import check_file
 from converters.families import vit
-from fixtures.images import photographs
+from vision_port_fixtures.images import photographs
 
 pytestmark = pytest.mark.vit  # the nightly workflow selects families by mark
 

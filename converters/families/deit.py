@@ -213,15 +213,10 @@ def configurations(case: Case, tiny: bool):
 SMALL = {"hidden_size": 32, "num_attention_heads": 2, "num_hidden_layers": 2, "intermediate_size": 64,
           "patch_size": 8, "image_size": 32, "num_labels": 16}
 
-FAMILY = Family(
-    name="deit",
+FAMILY = Family.declared_in(
+    globals(),
     provenance=PROVENANCE,
     cases=CASES,
-    plan=plan,
-    original_layout=original_layout,
-    oracle=oracle,
-    configurations=configurations,
-    evaluation=evaluation,
     unwrap=("model",),
     mutants=(Small("deit_tiny_patch16_224", SMALL, 32), Small("deit_tiny_distilled_patch16_224", SMALL, 32)),
 )

@@ -250,15 +250,10 @@ def configurations(case: Case, tiny: bool):
     return config()
 
 
-FAMILY = Family(
-    name="vit",
+FAMILY = Family.declared_in(
+    globals(),
     provenance=PROVENANCE,
     cases=CASES,
-    plan=plan,
-    original_layout=original_layout,
-    oracle=oracle,
-    configurations=configurations,
-    evaluation=evaluation,
     # two blocks (same-shape tensors to swap), non-square patches of the MLP, a 4x4 grid
     mutants=(Small("vit_base_patch16_224", {"hidden_size": 32, "num_attention_heads": 2, "num_hidden_layers": 2,
                                             "intermediate_size": 64, "patch_size": 8, "image_size": 32,
