@@ -85,6 +85,12 @@ class CaseRecord:
             out["notes"] = self.notes
         return out
 
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> "CaseRecord":
+        """A case's record read back from `--report`'s "cases" (the inverse of `to_json`)."""
+        named = {k: data[k] for k in ("weights", "source", "seconds", "check_seconds", "peak_rss_mb", "weights_reason", "notes") if k in data}
+        return cls(data["family"], checks=checks_from_json(data.get("checks", {})), **named)
+
 
 def checks_from_json(checks: Mapping[str, Any]) -> dict[str, CheckResult]:
     """validation.json's "checks" read back as typed results; a malformed one raises ValueError naming it."""

@@ -311,6 +311,7 @@ def test_a_bad_html_path_stops_the_run_before_any_work(tmp_path):
 
 def test_a_page_that_cannot_be_written_fails_the_run_and_leaves_nothing(tmp_path, monkeypatch):
     from converters import atomic
+    from converters.record import CaseRecord
     from vision_port_fixtures.outputs import write_html as _write_html
     from vision_port_fixtures.results import Results
 
@@ -322,7 +323,7 @@ def test_a_page_that_cannot_be_written_fails_the_run_and_leaves_nothing(tmp_path
 
     monkeypatch.setattr(atomic.os, "replace", no_space)
     cases, pictures = _evil_results()
-    results, session = Results(cases=cases, pictures=pictures), Session()
+    results, session = Results(cases={c: CaseRecord.from_json(record) for c, record in cases.items()}, pictures=pictures), Session()
     _write_html(session, results, options.Options(html=tmp_path / "page.html"))
     assert session.exitstatus == pytest.ExitCode.TESTS_FAILED
     assert results.report_error == f"--html {tmp_path / 'page.html'} not written: No space left on device"

@@ -76,3 +76,15 @@ def test_a_malformed_check_record_is_refused_naming_the_check(tmp_path):
                                                           "original": {"weights": "pretrained", "source": "x"}}))
     with pytest.raises(publish.PushRefused, match=r"holds no valid check results \(check 'logits': not a check result"):
         publish.evidence(tmp_path)
+
+
+def test_a_case_record_makes_the_reports_json_and_reads_it_back():
+    from converters.record import CaseRecord, CheckResult
+
+    record = CaseRecord("family", "random", "synthetic", seconds=1.5, check_seconds={"logits": 1.5}, notes=["n"],
+                        checks={"logits": CheckResult("passed", max_abs_diff=1e-6, atol=1e-5, figures={"cosine_similarity": 1.0}),
+                                "expected_logits": CheckResult("skipped", "random weights", may_skip=True)})
+    data = json.loads(json.dumps(record.to_json()))
+    assert data["checks"]["logits"] == {"status": "passed", "max_abs_diff": 1e-6, "atol": 1e-5, "reason": None, "may_skip": False,
+                                        "may_fail": False, "cosine_similarity": 1.0}
+    assert CaseRecord.from_json(data) == record

@@ -187,7 +187,7 @@ def test_the_memory_a_forward_pass_may_use_is_the_cgroup_limit(tmp_path):
     if reason := cgroup_v1_available():
         pytest.skip(f"{reason}: elsewhere the budget is MemAvailable or {memory.MEMORY_BUDGET_ENV}")
     env = {k: v for k, v in os.environ.items() if k != memory.MEMORY_BUDGET_ENV}
-    code = "from converters import stream; print(memory.available_bytes(), memory.cgroup_headroom())"
+    code = "from converters import memory; print(memory.available_bytes(), memory.cgroup_headroom())"
     limit = 768 << 20
     figures = run_limited([sys.executable, "-c", code], env, limit, tmp_path / "out.log", timeout=120)
     assert figures["returncode"] == 0, (tmp_path / "out.log").read_text()
