@@ -47,6 +47,8 @@ def layout_hint(case: Case, keys: Iterable[str] | Mapping) -> str | None:
                     f"(e.g. {{k.removeprefix({prefix + '.'!r}): v for k, v in state.items()}})")
     # the case's own family first (another size is the commonest mistake), then every family
     others = [(case.family, families()[case.family])] + [(n, f) for n, f in families().items() if n != case.family]
+    # the scan stops at an exact match, or once another family's case is mostly alike: a sibling
+    # family sharing most key names (a few block entries apart) is still looked at past the case's own
     scored = []
     for name, family in others:
         scored += [(_share(pairs, _layout(c, shapes)), name, c.id) for c in family.cases]
@@ -62,41 +64,43 @@ def layout_hint(case: Case, keys: Iterable[str] | Mapping) -> str | None:
 
 
 def _twin(case: Case, pairs: set) -> Case | None:
-    """Another case of the case's family whose original layout is exactly these keys and shapes, if
-    any (its own family only: every family's layouts cost seconds, 9 s measured with eight families)."""
-    return next((c for c in families()[case.family].cases if c.id != case.id and _layout(c, True) == pairs), None)
+    """Another registry case whose layout is exactly the file's keys and shapes (its own family's
+    cases first, then every family's, in the registry's order), or None."""
+    others = [families()[case.family]] + [f for n, f in families().items() if n != case.family]
+    return next((c for family in others for c in family.cases if c.id != case.id and _layout(c, True) == pairs), None)
 
 
 def check_file(case: Case, path, state: Mapping) -> None:
     """Refuse, in one error naming the case and the file, tensors that are not the case's original
     layout (most keys or shapes another's: a sibling size's file, another family's, an extra
-    prefix; or a few, when the file is exactly another case's layout of the family: a variant with
-    an extra token and head) and weights that are not floating point (integers, complex; an integer buffer
-    the layout declares, such as BatchNorm's num_batches_tracked, is allowed). A file that is the
-    case's layout but for a few keys, and no sibling case's, loads: the key coverage check lists those."""
+    prefix; or exactly another case's layout, e.g. a sibling family's file sharing most key names)
+    and weights that are not floating point (integers, complex; an integer buffer the layout
+    declares, such as BatchNorm's num_batches_tracked, is allowed). A file that is the case's
+    layout but for a few keys, and no other case's, loads: the key coverage check lists those."""
     pairs = _pairs(state)
     expected = families()[case.family].original_layout(case)
     matching = pairs & _pairs(expected)
-    twin = _twin(case, pairs) if matching != pairs else None  # only a file with keys or shapes not the case's
-    if twin is not None and len(matching) * 2 > len(pairs):
-        unlike = sorted(k for k, s in pairs - matching)
-        absent = sorted(set(expected) - {k for k, _ in pairs})
-        raise CheckpointError(case.id, path, (
-            f"not {case.id}'s original layout: the file matches the layout of {twin.id} (family {twin.family}, every key "
-            f"and shape), not {case.id}'s: {len(unlike)} of its keys are not in {case.id}'s layout or have another shape "
-            f"({listing(unlike, limit=5, count=False)}), {len(absent)} of {case.id}'s keys are absent"
-            f"{' (' + listing(absent, limit=5, count=False) + ')' if absent else ''}"))
+    keys = {k for k, _ in pairs}
+    reshaped = sorted(k for k, s in pairs if k in expected and (k, s) not in matching)
+    extra = sorted(keys - set(expected))
+    counts = (f"{len(matching)} of its {len(pairs)} tensors match {case.id}'s {len(expected)} by key and shape "
+              f"({len(extra)} keys not in that layout, {len(reshaped)} of another shape, "
+              f"{len(set(expected) - keys)} of its keys absent)")
+    first = (f"first keys not in it: {listing(extra, limit=5, count=False)}" if extra
+             else f"first of another shape: {listing(reshaped, limit=5, count=False)}")
     if len(matching) * 2 <= len(pairs):
-        keys = {k for k, _ in pairs}
-        reshaped = sorted(k for k, s in pairs if k in expected and (k, s) not in matching)
-        extra = sorted(keys - set(expected))
-        counts = (f"{len(matching)} of its {len(pairs)} tensors match {case.id}'s {len(expected)} by key and shape "
-                  f"({len(extra)} keys not in that layout, {len(reshaped)} of another shape, "
-                  f"{len(set(expected) - keys)} of its keys absent)")
-        first = (f"first keys not in it: {listing(extra, limit=5, count=False)}" if extra
-                 else f"first of another shape: {listing(reshaped, limit=5, count=False)}")
         hint = layout_hint(case, state)
         raise CheckpointError(case.id, path, f"not {case.id}'s original layout: {hint}; {counts}; {first}")
+    # Another case's file differs both ways (tensors the layout lacks or reshapes, and layout keys it
+    # lacks); a file that only adds or only lacks keys is the case's own, extended or cut, and the
+    # scan (every registry layout) is skipped. A case of several files checks each part against its
+    # whole layout: only one-file cases can be told another case's file by an exact match.
+    both_ways = reshaped or (extra and set(expected) - keys)
+    twin = _twin(case, pairs) if both_ways and not case.extra_files else None
+    if twin is not None:
+        raise CheckpointError(case.id, path, f"not {case.id}'s original layout: the file is exactly the layout of {twin.id} "
+                                             f"(family {twin.family}, every key and shape alike): is it that model's checkpoint? "
+                                             f"{counts}; {first}")
     declared = {k for k, v in expected.items() if not v.is_floating_point()}  # integer buffers of the layout
     not_float = [f"{k} ({str(v.dtype).removeprefix('torch.')})" for k, v in state.items()
                  if not v.is_floating_point() and (v.is_complex() or k not in declared)]

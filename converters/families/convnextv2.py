@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from .. import convnext
 from ..case import IMAGENET_MEAN, IMAGENET_STD, Case
 from ..evaluation import Evaluation
 from ..family import Family, Provenance, Small
@@ -88,21 +89,11 @@ def _case(size: str, data: str, res: int) -> Case:
 
 CASES = tuple(_case(*published) for published in PUBLISHED)
 
-_PLAN = Plan(
-    renames=(
-        Rename("downsample_layers.0.0.", "convnextv2.embeddings.patch_embeddings."),
-        Rename("downsample_layers.0.1.", "convnextv2.embeddings.layernorm."),
-        Rename("downsample_layers.{i}.0.", "convnextv2.encoder.stages.{i}.downsampling_layer.0."),  # LayerNorm
-        Rename("downsample_layers.{i}.1.", "convnextv2.encoder.stages.{i}.downsampling_layer.1."),  # conv 2x2
-        Rename("stages.{i}.{j}.norm.", "convnextv2.encoder.stages.{i}.layers.{j}.layernorm."),
-        # GRN keeps its (1, 1, 1, C) shape in transformers: a rename, no reshape (timm needs one)
-        Rename("stages.{i}.{j}.grn.gamma", "convnextv2.encoder.stages.{i}.layers.{j}.grn.weight"),
-        Rename("stages.{i}.{j}.grn.beta", "convnextv2.encoder.stages.{i}.layers.{j}.grn.bias"),
-        Rename("stages.{i}.{j}.", "convnextv2.encoder.stages.{i}.layers.{j}."),  # dwconv, pwconv1, pwconv2
-        Rename("norm.", "convnextv2.layernorm."),
-        Rename("head.", "classifier."),
-    )
-)
+# GRN keeps its (1, 1, 1, C) shape in transformers: a rename, no reshape (timm needs one)
+_PLAN = Plan(renames=convnext.renames("convnextv2", block=(
+    Rename("stages.{i}.{j}.grn.gamma", "convnextv2.encoder.stages.{i}.layers.{j}.grn.weight"),
+    Rename("stages.{i}.{j}.grn.beta", "convnextv2.encoder.stages.{i}.layers.{j}.grn.bias"),
+)))
 
 
 def plan(case: Case) -> Plan:
@@ -111,51 +102,14 @@ def plan(case: Case) -> Plan:
 
 def original_layout(case: Case) -> dict[str, torch.Tensor]:
     """The facebookresearch model's state dict, key for key, on the meta device."""
-    depths, widths = case.config["depths"], case.config["hidden_sizes"]
-    num_labels = case.config["num_labels"]
-    shapes = {"downsample_layers.0.0.weight": (widths[0], 3, 4, 4), "downsample_layers.0.0.bias": (widths[0],)}
-    shapes |= {"downsample_layers.0.1.weight": (widths[0],), "downsample_layers.0.1.bias": (widths[0],)}
-    for i in range(1, 4):
-        shapes |= {f"downsample_layers.{i}.0.weight": (widths[i - 1],), f"downsample_layers.{i}.0.bias": (widths[i - 1],)}
-        shapes |= {f"downsample_layers.{i}.1.weight": (widths[i], widths[i - 1], 2, 2), f"downsample_layers.{i}.1.bias": (widths[i],)}
-    for i, (depth, dim) in enumerate(zip(depths, widths)):
-        for j in range(depth):
-            p = f"stages.{i}.{j}."
-            shapes |= {p + "dwconv.weight": (dim, 1, 7, 7), p + "dwconv.bias": (dim,)}
-            shapes |= {p + "norm.weight": (dim,), p + "norm.bias": (dim,)}
-            shapes |= {p + "pwconv1.weight": (4 * dim, dim), p + "pwconv1.bias": (4 * dim,)}
-            shapes |= {p + "grn.gamma": (1, 1, 1, 4 * dim), p + "grn.beta": (1, 1, 1, 4 * dim)}
-            shapes |= {p + "pwconv2.weight": (dim, 4 * dim), p + "pwconv2.bias": (dim,)}
-    shapes |= {"norm.weight": (widths[-1],), "norm.bias": (widths[-1],)}
-    shapes |= {"head.weight": (num_labels, widths[-1]), "head.bias": (num_labels,)}
-    return {k: torch.empty(s, device="meta") for k, s in shapes.items()}
+    return convnext.layout(case.config, lambda prefix, dim: convnext.block(
+        prefix, dim, before_pwconv2={"grn.gamma": (1, 1, 1, 4 * dim), "grn.beta": (1, 1, 1, 4 * dim)}))
 
 
 def oracle(case: Case, original):
-    """timm's ConvNeXt-V2 loaded through timm's own filter for facebookresearch checkpoints."""
-    from timm.models.convnext import checkpoint_filter_fn
-
-    from ..reference import timm_model
-
-    # The named size's timm variant (atto..nano use timm's 1x1-conv MLP), with depths and widths
-    # passed explicitly so any configuration works, not only the published ones.
-    c = case.config
-    return timm_model(f"convnextv2_{case.params['size']}", original, checkpoint_filter_fn, depths=c["depths"], dims=c["hidden_sizes"],
-                      num_classes=c["num_labels"])
-
-
-def configurations(case: Case, tiny: bool):
-    """The original ConvNeXt-V2 always has four stages (stem + three downsampling layers) and a
-    classifier head; depths, widths and the number of classes are free."""
-    from hypothesis import strategies as st
-
-    width = st.integers(8, 32) if tiny else st.integers(1, 768)
-    return st.fixed_dictionaries({
-        "depths": st.lists(st.integers(1, 3 if tiny else 12), min_size=4, max_size=4),
-        "hidden_sizes": st.lists(width, min_size=4, max_size=4),
-        "num_labels": st.integers(1, 16 if tiny else 2000),
-        "image_size": st.sampled_from([32, 64]) if tiny else st.integers(32, 1024),
-    })
+    """timm's ConvNeXt-V2 loaded through timm's own filter for facebookresearch checkpoints: the named
+    size's variant (atto..nano use timm's 1x1-conv MLP), any depths and widths."""
+    return convnext.timm_oracle(f"convnextv2_{case.params['size']}", case.config, original)
 
 
 def evaluation(case: Case) -> Evaluation:
@@ -163,16 +117,14 @@ def evaluation(case: Case) -> Evaluation:
     defaults (README's evaluation commands keep them): below 384, crop_pct None -> 224/256, so
     Resize(int(224 / (224/256)) = 256, bicubic) and CenterCrop(224); from 384 on, Resize((size, size),
     bicubic), a warp without a crop; --imagenet_default_mean_and_std True -> ImageNet mean/std."""
-    size = case.image_size
-    rule = dict(warp=True) if size >= 384 else dict(crop_pct=224 / 256)
-    return Evaluation(source="facebookresearch/ConvNeXt-V2 datasets.py build_transform(is_train=False) "
-                             "(main_finetune.py defaults)",
-                      crop_size=size, interpolation="bicubic", mean=IMAGENET_MEAN, std=IMAGENET_STD, **rule)
+    return convnext.evaluation(case.image_size, "facebookresearch/ConvNeXt-V2 datasets.py build_transform(is_train=False) "
+                                                "(main_finetune.py defaults)")
 
 
 FAMILY = Family.declared_in(
     globals(),
     cases=CASES,
+    configurations=convnext.configurations,
     # Policy: the weights are taken from "model"; another entry (a training `model_ema`) is
     # ignored and named in the report. timm's filter reads the same entry.
     unwrap=("model",),
