@@ -5,7 +5,8 @@ Original files are `{"model": ...}` (pre-training, `run_cyclical.py`) or `{"modu
 (fine-tuned, DeepSpeed's `mp_rank_00_model_states.pt`); both may hold the training arguments as
 an `argparse.Namespace`, which the safe loader allows and nothing else.
 
-The two layouts (written out in `original_layout`):
+The two layouts (written out in converters/relpos_vit.py, shared with the other families of this
+code base; the base model is `data2vec_vision` there, its names the same on both transformers lines):
 - pre-training (`VisionTransformerForCyclicalTraining`): `mask_token`, one shared relative
   position bias `rel_pos_bias.*`, final `norm`, and `lm_head` (the regression head of
   pre-training, which Data2VecVisionModel has no place for: dropped, and not restorable);
