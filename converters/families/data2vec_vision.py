@@ -5,7 +5,8 @@ Original files are `{"model": ...}` (pre-training, `run_cyclical.py`) or `{"modu
 (fine-tuned, DeepSpeed's `mp_rank_00_model_states.pt`); both may hold the training arguments as
 an `argparse.Namespace`, which the safe loader allows and nothing else.
 
-The two layouts (written out in `original_layout`):
+The two layouts (written out in converters/relpos_vit.py, shared with the other families of this
+code base; the base model is `data2vec_vision` there, its names the same on both transformers lines):
 - pre-training (`VisionTransformerForCyclicalTraining`): `mask_token`, one shared relative
   position bias `rel_pos_bias.*`, final `norm`, and `lm_head` (the regression head of
   pre-training, which Data2VecVisionModel has no place for: dropped, and not restorable);
@@ -27,11 +28,11 @@ from urllib.parse import urlparse
 
 import torch
 
-from .. import vit
+from .. import relpos_vit
 from ..case import Case
 from ..evaluation import Evaluation
 from ..family import Family, Provenance, Small
-from ..plan import Drop, Plan, Rename
+from ..plan import Plan
 from ..sources import Unavailable, reachable
 
 # size -> (hidden size, depth, heads, MLP size), from the original model definitions
@@ -117,120 +118,26 @@ def _case(size: str, finetuned: bool) -> Case:
 CASES = tuple(_case(size, finetuned) for finetuned in (False, True) for size in SIZES)
 
 
-# --------------------------------------------------------------------------- plan
+# --------------------------------------------------------------------------- plan, layout, oracle
+# The architecture's conversion is shared (converters/relpos_vit.py): data2vec-vision's transformers
+# classes name the base model `data2vec_vision`; timm's BEiT is the oracle.
 
-
-def relative_position_index(window: int) -> torch.Tensor:
-    """The original's relative_position_index buffer for a square `window` of patches plus the
-    class token: (window² + 1, window² + 1) int64 indices into the bias table, whose last three
-    rows are cls->patch, patch->cls and cls->cls."""
-    coords = torch.stack(torch.meshgrid(torch.arange(window), torch.arange(window), indexing="ij")).flatten(1)
-    relative = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0) + (window - 1)
-    num_distances = (2 * window - 1) ** 2 + 3
-    index = torch.zeros((window * window + 1,) * 2, dtype=torch.int64)
-    index[1:, 1:] = relative[..., 0] * (2 * window - 1) + relative[..., 1]
-    index[0, :] = num_distances - 3
-    index[:, 0] = num_distances - 2
-    index[0, 0] = num_distances - 1
-    return index
+relative_position_index = relpos_vit.relative_position_index
 
 
 def plan(case: Case) -> Plan:
-    finetuned, window = case.params["finetuned"], case.image_size // case.config["patch_size"]
-    prefix = "data2vec_vision." if finetuned else ""  # the base model's place in the HF model
-    layer, index = prefix + "encoder.layer.{i}.", relative_position_index(window)
-    renames = [
-        Rename("cls_token", prefix + "embeddings.cls_token"),
-        Rename("patch_embed.proj.", prefix + "embeddings.patch_embeddings.projection."),
-        Rename("blocks.{i}.gamma_1", layer + "lambda_1"),
-        Rename("blocks.{i}.gamma_2", layer + "lambda_2"),
-        Rename("blocks.{i}.attn.q_bias", layer + "attention.attention.query.bias"),  # no k bias
-        Rename("blocks.{i}.attn.v_bias", layer + "attention.attention.value.bias"),
-        *vit.attention("blocks.{i}.", layer),
-        *vit.bert_block("blocks.{i}.", layer),
-    ]
-    ops = list(vit.split_qkv(entries=("weight",)))  # the biases are q_bias and v_bias
-    if finetuned:
-        renames += [
-            Rename("blocks.{i}.attn.relative_position_bias_table", layer + "attention.attention.relative_position_bias.relative_position_bias_table"),
-            Rename("fc_norm.", prefix + "pooler.layernorm."),
-            Rename("head.", "classifier."),
-        ]
-        ops.append(Drop("blocks.{i}.attn.relative_position_index", restore=lambda groups, state: index.clone()))
-    else:
-        renames += [
-            Rename("mask_token", prefix + "embeddings.mask_token"),
-            Rename("rel_pos_bias.relative_position_bias_table", prefix + "encoder.relative_position_bias.relative_position_bias_table"),
-            Rename("norm.", prefix + "layernorm."),
-        ]
-        ops += [
-            Drop("rel_pos_bias.relative_position_index", restore=lambda groups, state: index.clone()),
-            Drop("lm_head."),  # the pre-training regression head: Data2VecVisionModel has none
-        ]
-    return Plan(renames=tuple(renames), ops=tuple(ops))
-
-
-# --------------------------------------------------------------------------- original layout
+    return relpos_vit.plan(case.config, classifier=case.params["finetuned"], base="data2vec_vision")
 
 
 def original_layout(case: Case) -> dict[str, torch.Tensor]:
-    """The original BEiT/data2vec model's state dict, key for key: meta tensors, except the
-    relative_position_index buffers, which are real (the original computes them)."""
-    c, finetuned = case.config, case.params["finetuned"]
-    dim, depth, heads, mlp = c["hidden_size"], c["num_hidden_layers"], c["num_attention_heads"], c["intermediate_size"]
-    window = c["image_size"] // c["patch_size"]
-    table = ((2 * window - 1) ** 2 + 3, heads)
-    shapes = {"cls_token": (1, 1, dim)}
-    if not finetuned:
-        shapes["mask_token"] = (1, 1, dim)
-    shapes |= {"patch_embed.proj.weight": (dim, 3, c["patch_size"], c["patch_size"]), "patch_embed.proj.bias": (dim,)}
-    if not finetuned:
-        shapes["rel_pos_bias.relative_position_bias_table"] = table
-        shapes["rel_pos_bias.relative_position_index"] = None
-    for i in range(depth):
-        p = f"blocks.{i}."
-        shapes |= {p + "gamma_1": (dim,), p + "gamma_2": (dim,)}
-        shapes |= {p + "norm1.weight": (dim,), p + "norm1.bias": (dim,)}
-        shapes |= {p + "attn.q_bias": (dim,), p + "attn.v_bias": (dim,)}
-        if finetuned:
-            shapes |= {p + "attn.relative_position_bias_table": table, p + "attn.relative_position_index": None}
-        shapes |= {p + "attn.qkv.weight": (3 * dim, dim), p + "attn.proj.weight": (dim, dim), p + "attn.proj.bias": (dim,)}
-        shapes |= {p + "norm2.weight": (dim,), p + "norm2.bias": (dim,)}
-        shapes |= {p + "mlp.fc1.weight": (mlp, dim), p + "mlp.fc1.bias": (mlp,)}
-        shapes |= {p + "mlp.fc2.weight": (dim, mlp), p + "mlp.fc2.bias": (dim,)}
-    if finetuned:
-        shapes |= {"fc_norm.weight": (dim,), "fc_norm.bias": (dim,)}
-        shapes |= {"head.weight": (c["num_labels"], dim), "head.bias": (c["num_labels"],)}
-    else:
-        shapes |= {"norm.weight": (dim,), "norm.bias": (dim,)}
-        shapes |= {"lm_head.weight": (dim, dim), "lm_head.bias": (dim,)}
-    index = relative_position_index(window)
-    return {k: index.clone() if s is None else torch.empty(s, device="meta") for k, s in shapes.items()}
-
-
-# --------------------------------------------------------------------------- oracle
+    return relpos_vit.original_layout(case.config, classifier=case.params["finetuned"])
 
 
 def oracle(case: Case, original):
-    """timm's BEiT loaded through timm's own `checkpoint_filter_fn` (which drops the index buffers).
-    Pre-training: the shared relative position bias, no pooling or head, compared on all tokens;
-    timm has no pre-training heads, so `mask_token` and `lm_head` are left out."""
     from timm.models.beit import checkpoint_filter_fn
 
-    from ..reference import timm_model
-
-    c, finetuned = case.config, case.params["finetuned"]
-    arch = f"beit_{case.params['size']}_patch16_224"
-    common = dict(embed_dim=c["hidden_size"], depth=c["num_hidden_layers"], num_heads=c["num_attention_heads"],
-                  mlp_ratio=c["intermediate_size"] / c["hidden_size"], img_size=c["image_size"], patch_size=c["patch_size"],
-                  use_abs_pos_emb=False, init_values=0.1)
-    if finetuned:
-        return timm_model(arch, original, checkpoint_filter_fn, **common, use_rel_pos_bias=True,
-                          use_shared_rel_pos_bias=False, num_classes=c["num_labels"], global_pool="avg")
-    state = {k: v for k, v in original.items() if k != "mask_token" and not k.startswith("lm_head.")}
-    model = timm_model(arch, state, checkpoint_filter_fn, **common, use_rel_pos_bias=False,
-                       use_shared_rel_pos_bias=True, num_classes=0, use_fc_norm=False)
-    return model.forward_features  # all tokens after the final norm: last_hidden_state
+    return relpos_vit.oracle(case.config, case.params["finetuned"], original, f"beit_{case.params['size']}_patch16_224",
+                             checkpoint_filter_fn)
 
 
 # --------------------------------------------------------------------------- sources
@@ -267,32 +174,12 @@ def original_file(case: Case, download: bool) -> Path:
 
 
 def configurations(case: Case, tiny: bool):
-    """Any depth, heads x head size, MLP size, patch size and window (image = patch x window);
-    the published case decides the layout (pre-training: no classifier; fine-tuned: classes)."""
-    from hypothesis import strategies as st
-
-    @st.composite
-    def config(draw):
-        heads = draw(st.integers(1, 4 if tiny else 16))
-        patch = draw(st.sampled_from([2, 4, 8, 16] if tiny else [4, 8, 14, 16, 32]))
-        window = draw(st.integers(1, 4 if tiny else 16))
-        overrides = {
-            "num_attention_heads": heads,
-            "hidden_size": heads * draw(st.integers(1, 8) if tiny else st.integers(1, 64)),
-            "num_hidden_layers": draw(st.integers(1, 3 if tiny else 24)),
-            "intermediate_size": draw(st.integers(1, 64) if tiny else st.integers(1, 4096)),
-            "patch_size": patch,
-            "image_size": patch * window,
-        }
-        if case.params["finetuned"]:
-            overrides["num_labels"] = draw(st.integers(1, 16 if tiny else 2000))
-        return overrides
-
-    return config()
+    """Any depth, heads x head size, MLP size, patch size and window; the published case decides the
+    layout (pre-training: no classifier; fine-tuned: classes)."""
+    return relpos_vit.configurations(case.params["finetuned"], tiny)
 
 
-_SMALL = {"hidden_size": 32, "num_attention_heads": 2, "num_hidden_layers": 2, "intermediate_size": 48, "image_size": 64,
-          "patch_size": 16}
+_SMALL = relpos_vit.SMALL
 
 FAMILY = Family.declared_in(
     globals(),
