@@ -87,6 +87,10 @@ def _case(name: str, file: str, overrides: dict) -> Case:
         atol=3e-6,
         params=dict(timm_name=timm_name),
         output_divergence=OUTPUT_DIVERGENCE,
+        # b2_linear, its layout's only case (22.6M parameters), cost 25 of the family's 50 CPU s of the default
+        # run (transformers 5.25): its real-size forward checks run in full; at small size its layout is in
+        # the default run's mutation, block parity and property tests, and its key coverage and pixels at full size
+        marks=("large",) if overrides.get("linear_attention") else (),
     )
 
 
