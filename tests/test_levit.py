@@ -11,12 +11,11 @@ import pytest
 import torch
 
 import converters
-from converters import CheckpointError, compat
+from converters import CheckpointError, compat, diagnose
 from converters.core import build_config
 from converters.families import levit
 from converters.plan import Rename
 from fixtures.images import photographs, synthetic_images
-from fixtures.originals import from_files
 from tests.test_mutations import small_cases
 
 pytestmark = pytest.mark.levit  # the nightly workflow selects families by mark
@@ -126,24 +125,24 @@ def test_the_published_processor_gives_the_same_pixels():
         not torch.equal(pixels(misread, images["chelsea"]), pixels(ours, images["chelsea"]))
 
 
-def test_another_models_file_is_one_error_naming_the_case_the_file_and_its_layout(tmp_path):
+def test_another_models_file_is_one_error_naming_the_case_the_file_and_its_layout():
     """A LeViT-128 file given to levit_128s, another family's file given to levit_128s, and a
-    levit_128s file given to another family's case: one error each, naming the case, the file and
-    what the file's layout matches."""
+    levit_128s file given to another family's case: one error each at load (`diagnose.check_file`,
+    which the plugin runs on every loaded file), naming the case, the file and what the file's
+    layout matches."""
     other = next(c for c in converters.cases() if c.family != "levit" and not c.streamed and not c.extra_files)
 
     def error(case, state, name):
-        path = tmp_path / name
-        torch.save({"model": state}, path)
         with pytest.raises(CheckpointError) as caught:
-            from_files(case, {None: path}, published=False, sources={None: str(path)})
+            diagnose.check_file(case, name, state)
         message = str(caught.value)
-        assert message.startswith(f"{case.id}: {path}: ") and "\n" not in message, message
+        assert message.startswith(f"{case.id}: {name}: ") and "\n" not in message, message
         return message
 
-    message = error(S128, converters.synthetic_original(L128), "levit_128.pth")
+    layout = lambda case: dict(converters.original_layout(case))  # noqa: E731  (keys and shapes: all it reads)
+    message = error(S128, layout(L128), "LeViT-128-b88c2750.pth")
     assert "matches the layout of levit_128 (family levit, 100% of keys and shapes alike)" in message, message
-    message = error(S128, converters.synthetic_original(other), "other.pth")
+    message = error(S128, layout(other), "other.pth")
     assert f"matches the layout of {other.id} (family {other.family}, 100% of keys and shapes alike)" in message, message
-    message = error(other, converters.synthetic_original(S128), "levit_128s.pth")
+    message = error(other, layout(S128), "LeViT-128S-96703c44.pth")
     assert "matches the layout of levit_128s (family levit, 100% of keys and shapes alike)" in message, message
