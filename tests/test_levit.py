@@ -102,6 +102,28 @@ def test_each_head_lands_in_its_own_classifier():
     assert not torch.allclose(wrong.cls_logits, head, atol=case.atol)
 
 
+def test_the_original_evaluations_fused_batchnorm_moves_outputs_by_rounding_only():
+    """main.py evaluates with `fuse=args.eval`: levit.py folds each BatchNorm into the conv / linear
+    next to it (Conv2d_BN, Linear_BN, BN_Linear `.fuse`; timm's ConvNorm, LinearNorm, NormLinear
+    keep the same formulas). The declared difference: the unfused model transformers computes
+    differs from the fused one by rounding, well under 1e-5 of the logits' magnitude (measured with
+    levit.py itself: about 1.5e-6 at every published size)."""
+    from timm.models.levit import ConvNorm, LinearNorm, NormLinear
+
+    case, original, pixels = _small()
+    model = levit.oracle(case, original)
+    with torch.inference_mode():
+        unfused = model(pixels)
+        for name, module in list(model.named_modules()):
+            if isinstance(module, (ConvNorm, LinearNorm, NormLinear)):
+                parent, _, child = name.rpartition(".")
+                setattr(model.get_submodule(parent), child, module.fuse())
+        assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+        fused = model(pixels)
+    relative = (fused - unfused).abs().max().item() / unfused.abs().max().item()
+    assert relative < 1e-5, f"fused vs unfused: {relative:.3g} of the logits' magnitude"
+
+
 def test_the_original_evaluation_is_short_side_256_and_a_224_crop():
     """datasets.py build_transform(is_train=False): Resize(int((256 / 224) * 224), interpolation=3)
     then CenterCrop(224), ImageNet mean/std."""
