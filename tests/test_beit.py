@@ -100,7 +100,7 @@ def test_the_published_repos_squash_is_not_the_original_evaluation():
     do_center_crop=False): a square warp, not the original's short side + centre crop."""
     from torchvision import transforms
 
-    from fixtures.images import photographs
+    from vision_port_fixtures.images import photographs
 
     squash = transforms.Compose([transforms.Resize((224, 224), interpolation=transforms.InterpolationMode.BILINEAR),
                                  transforms.ToTensor(), transforms.Normalize((0.5,) * 3, (0.5,) * 3)])

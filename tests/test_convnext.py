@@ -14,7 +14,7 @@ import torch
 import converters
 from converters import CheckpointError, diagnose
 from converters.families import convnext
-from fixtures.originals import from_files
+from vision_port_fixtures.originals import from_files
 
 pytestmark = pytest.mark.convnext  # the nightly workflow selects families by mark
 

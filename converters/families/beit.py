@@ -139,15 +139,10 @@ def configurations(case: Case, tiny: bool):
     return relpos_vit.configurations(classifier=True, tiny=tiny)
 
 
-FAMILY = Family(
-    name="beit",
+FAMILY = Family.declared_in(
+    globals(),
     provenance=PROVENANCE,
     cases=CASES,
-    plan=plan,
-    original_layout=original_layout,
-    oracle=oracle,
-    configurations=configurations,
-    evaluation=evaluation,
     unwrap=("model",),
     allow=(argparse.Namespace,),  # the training arguments stored next to the weights
     mutants=(Small("beit_base_patch16_224", {**relpos_vit.SMALL, "num_labels": 32}),),

@@ -122,16 +122,12 @@ def evaluation(case: Case) -> Evaluation:
                                                 "(main.py defaults)")
 
 
-FAMILY = Family(
-    name="convnext",
+FAMILY = Family.declared_in(
+    globals(),
     provenance=PROVENANCE,
     cases=CASES,
-    plan=plan,
-    original_layout=original_layout,
-    oracle=oracle,
     # four stages, a head, layer scale (every published model has it: layer_scale_init_value 1e-6)
     configurations=convnext.configurations,
-    evaluation=evaluation,
     # main.py --eval --resume reads checkpoint["model"] (auto_load_model); timm's filter reads the same
     # entry. Another entry (a training checkpoint's `model_ema`, optimizer) is ignored and named.
     unwrap=("model",),

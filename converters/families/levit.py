@@ -320,15 +320,10 @@ def configurations(case: Case, tiny: bool):
     return config()
 
 
-FAMILY = Family(
-    name="levit",
+FAMILY = Family.declared_in(
+    globals(),
     provenance=PROVENANCE,
     cases=CASES,
-    plan=plan,
-    original_layout=original_layout,
-    oracle=oracle,
-    configurations=configurations,
-    evaluation=evaluation,
     unwrap=("model",),
     # one attention and MLP unit per stage; 80 px: maps 5, 3, 2 (a 1x1 map would make every
     # attention of its stage a constant and hide swapped tensors there)

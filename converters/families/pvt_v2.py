@@ -222,14 +222,10 @@ def configurations(case: Case, tiny: bool):
     return config()
 
 
-FAMILY = Family(
-    name="pvt_v2",
+FAMILY = Family.declared_in(
+    globals(),
     provenance=PROVENANCE,
     cases=CASES,
-    plan=plan,
-    original_layout=original_layout,
-    oracle=oracle,
-    configurations=configurations,
     evaluation=EVALUATION,
     unwrap=("model",),
     # both layouts at 64 px: maps of 16, 8, 4, 2 tokens, reduced by 8, 4, 2, 1 (or pooled to 7 x 7)
