@@ -122,13 +122,17 @@ def test_a_file_of_another_family_is_refused_naming_what_it_matches(tmp_path):
     assert f"matches the layout of {swin.id} (family swin, 100% of keys and shapes alike)" in message, message
 
 
-def test_a_22k_file_for_a_1k_case_lists_the_head_only(tmp_path):
-    """Same architecture, other classifier: the file passes the load-time layout check (209 of its 211
-    keys and shapes are the case's) and key coverage names the head."""
+def test_a_22k_file_for_a_1k_case_is_refused_naming_the_22k_case_and_the_head(tmp_path):
+    """Same architecture, other classifier: 209 of its 211 keys and shapes are the case's, and the file
+    is exactly the 22k case's layout: the load refuses it in one error naming that case and the head
+    (converters.diagnose); key coverage, had it loaded, names the head too."""
     from converters import diagnose
 
     state = file_like(BASE_22K)
-    diagnose.check_file(BASE, tmp_path / "beit_base_patch16_224_pt22k_ft22k.pth", state)  # no error
+    path = tmp_path / "beit_base_patch16_224_pt22k_ft22k.pth"
+    with pytest.raises(CheckpointError, match=rf"{BASE.id}: .*{path.name}: not {BASE.id}'s original layout: the file is exactly "
+                                              rf"the layout of {BASE_22K.id} .*first of another shape: head.bias, head.weight"):
+        diagnose.check_file(BASE, path, state)
     _, coverage = converters.convert(BASE, state)
     assert sorted(k for k, _, _ in coverage.shape_mismatches) == ["classifier.bias", "classifier.weight"]
     assert not coverage.missing and not coverage.unconsumed and not coverage.unexpected

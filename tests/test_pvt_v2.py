@@ -88,12 +88,15 @@ def test_another_familys_file_gets_one_error_naming_the_case_the_file_and_what_i
     assert "matches the layout of convnextv2_atto_1k_224 (family convnextv2" in message, message
 
 
-def test_the_linear_file_given_to_b2_loads_and_its_coverage_names_every_difference():
-    """b2_li is b2's layout but for the reductions (1x1 in every stage): 334 of its 346 tensors are b2's by
-    key and shape, so the file loads (diagnose leaves near-misses to key coverage), which names the 12 keys b2
-    lacks and the 3 x 3 reduction convs of another shape; the other way round, b2's file misses those 12."""
+def test_the_linear_file_given_to_b2_is_refused_naming_b2_linear_and_coverage_names_every_difference():
+    """b2_li is b2's layout but for the reductions (1x1 in every stage): 321 of its 346 tensors are b2's by
+    key and shape, and the file is exactly b2_linear's layout, so the load refuses it in one error naming
+    that case (converters.diagnose); key coverage, had it loaded, names the 12 keys b2 lacks and the
+    reduction convs of another shape; the other way round, b2's file misses those 12."""
     b2 = converters.get("pvt_v2_b2")
-    diagnose.check_file(b2, "pvt_v2_b2_li.pth", converters.original_layout(LINEAR))  # does not raise
+    with pytest.raises(CheckpointError, match=r"pvt_v2_b2: pvt_v2_b2_li.pth: not pvt_v2_b2's original layout: the file is exactly "
+                                              r"the layout of pvt_v2_b2_linear \(family pvt_v2"):
+        diagnose.check_file(b2, "pvt_v2_b2_li.pth", converters.original_layout(LINEAR))
     _, coverage = converters.convert(b2, converters.synthetic_original(LINEAR))
     assert not coverage.ok
     assert len(coverage.unexpected) == 12 and all(".layers.3.blocks." in k for k in coverage.unexpected), coverage.describe()
