@@ -30,16 +30,19 @@ def _share(pairs: set, layout: set) -> float:
 
 
 def layout_hint(case: Case, keys: Iterable[str] | Mapping) -> str | None:
-    """None when most of the file's keys (with their shapes, given a state dict) are the case's
-    layout; else what the file looks like, if anything."""
+    """None when the file's keys (with their shapes, given a state dict) are the case's layout, or
+    mostly are and no known case's layout is more alike (a few keys off: the key coverage check
+    lists them); else what the file looks like, if anything. A sibling family's file can share
+    most of its keys with the case (Swin-style blocks) and still be another known case's exactly."""
     pairs = _pairs(keys)
     shapes = any(shape is not None for _, shape in pairs)
     what = "keys and shapes" if shapes else "keys"
     expected = _layout(case, shapes)
-    if not pairs or len(pairs & expected) * 2 > len(pairs):
+    mostly = len(pairs & expected) * 2 > len(pairs)
+    if not pairs or pairs == expected:
         return None
     firsts = {k.split(".", 1)[0] for k, _ in pairs if "." in k}
-    for prefix in sorted(firsts):
+    for prefix in sorted(firsts) if not mostly else ():
         stripped = {(k.removeprefix(f"{prefix}."), s) for k, s in pairs if k.startswith(f"{prefix}.")}
         if len(stripped & expected) * 2 > len(expected):
             return (f"the file holds {case.id}'s layout under the extra prefix {prefix + '.'!r} ({len(stripped & expected)} of "
@@ -50,10 +53,12 @@ def layout_hint(case: Case, keys: Iterable[str] | Mapping) -> str | None:
     scored = []
     for name, family in others:
         scored += [(_share(pairs, _layout(c, shapes)), name, c.id) for c in family.cases]
-        if max(scored)[0] >= 0.5:
+        if max(scored)[0] >= (1.0 if mostly else 0.5):  # mostly the case's own: only an exact match beats it
             break
     share, name, _ = max(scored)
     best = [c for s, n, c in scored if s == share and c != case.id]
+    if mostly and (not best or share <= _share(pairs, expected)):
+        return None
     if share < 0.5 or not best:
         return f"{len(pairs - expected)} of {len(pairs)} {what} are not {case.id}'s layout, nor that of any known case"
     more = f" (or {listing(best[1:], limit=3)})" if len(best) > 1 else ""
@@ -64,13 +69,15 @@ def layout_hint(case: Case, keys: Iterable[str] | Mapping) -> str | None:
 def check_file(case: Case, path, state: Mapping) -> None:
     """Refuse, in one error naming the case and the file, tensors that are not the case's original
     layout (most keys or shapes another's: a sibling size's file, another family's, an extra
-    prefix) and weights that are not floating point (integers, complex; an integer buffer the
-    layout declares, such as BatchNorm's num_batches_tracked, is allowed). A file that is the
-    case's layout but for a few keys loads: the key coverage check lists those."""
+    prefix; or most the case's but all another known case's: a sibling family's) and weights that
+    are not floating point (integers, complex; an integer buffer the layout declares, such as
+    BatchNorm's num_batches_tracked, is allowed). A file that is the case's layout but for a few
+    keys loads: the key coverage check lists those."""
     pairs = _pairs(state)
     expected = families()[case.family].original_layout(case)
     matching = pairs & _pairs(expected)
-    if len(matching) * 2 <= len(pairs):
+    hint = None if pairs == _pairs(expected) else layout_hint(case, state)
+    if len(matching) * 2 <= len(pairs) or hint is not None:
         keys = {k for k, _ in pairs}
         reshaped = sorted(k for k, s in pairs if k in expected and (k, s) not in matching)
         extra = sorted(keys - set(expected))
@@ -79,7 +86,6 @@ def check_file(case: Case, path, state: Mapping) -> None:
                   f"{len(set(expected) - keys)} of its keys absent)")
         first = (f"first keys not in it: {listing(extra, limit=5, count=False)}" if extra
                  else f"first of another shape: {listing(reshaped, limit=5, count=False)}")
-        hint = layout_hint(case, state)
         raise CheckpointError(case.id, path, f"not {case.id}'s original layout: {hint}; {counts}; {first}")
     declared = {k for k, v in expected.items() if not v.is_floating_point()}  # integer buffers of the layout
     not_float = [f"{k} ({str(v.dtype).removeprefix('torch.')})" for k, v in state.items()
