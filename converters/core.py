@@ -5,6 +5,7 @@ Library modules import from here (never from the package facade `converters/__in
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Mapping
 
 import torch
@@ -16,14 +17,23 @@ from .plan import Plan, meta_state
 from .quote import listing
 from .registry import family_of
 
+# class count -> the ImageNet label set timm ships with that many classes (its `infer_imagenet_subset`)
+IMAGENET_SUBSETS = {1000: "imagenet-1k", 21841: "imagenet-22k"}
+
+
+@lru_cache(maxsize=None)
+def imagenet_labels(subset: str) -> tuple[str, ...]:
+    """The class names of an ImageNet label set, by index: they ship with timm (no download)."""
+    from timm.data import ImageNetInfo
+
+    return tuple(ImageNetInfo(subset).label_descriptions())
+
 
 def build_config(case: Case):
     kwargs = dict(case.config)
-    if kwargs.get("num_labels") == 1000 and "id2label" not in kwargs:
-        from timm.data import ImageNetInfo  # ImageNet-1k names ship with timm: no download
-
-        info = ImageNetInfo()
-        kwargs["id2label"] = {i: info.index_to_description(i) for i in range(1000)}
+    subset = IMAGENET_SUBSETS.get(kwargs.get("num_labels"))
+    if subset and "id2label" not in kwargs:
+        kwargs["id2label"] = dict(enumerate(imagenet_labels(subset)))
         kwargs["label2id"] = {v: k for k, v in kwargs["id2label"].items()}
     return compat.get_class(case.config_class)(**kwargs)
 

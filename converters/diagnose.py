@@ -30,16 +30,19 @@ def _share(pairs: set, layout: set) -> float:
 
 
 def layout_hint(case: Case, keys: Iterable[str] | Mapping) -> str | None:
-    """None when most of the file's keys (with their shapes, given a state dict) are the case's
-    layout; else what the file looks like, if anything."""
+    """None when the file's keys (with their shapes, given a state dict) are the case's layout, or
+    mostly are and no known case's layout is more alike (a few keys off: the key coverage check
+    lists them); else what the file looks like, if anything. A sibling family's file can share
+    most of its keys with the case (Swin-style blocks) and still be another known case's exactly."""
     pairs = _pairs(keys)
     shapes = any(shape is not None for _, shape in pairs)
     what = "keys and shapes" if shapes else "keys"
     expected = _layout(case, shapes)
-    if not pairs or len(pairs & expected) * 2 > len(pairs):
+    mostly = len(pairs & expected) * 2 > len(pairs)
+    if not pairs or pairs == expected:
         return None
     firsts = {k.split(".", 1)[0] for k, _ in pairs if "." in k}
-    for prefix in sorted(firsts):
+    for prefix in sorted(firsts) if not mostly else ():
         stripped = {(k.removeprefix(f"{prefix}."), s) for k, s in pairs if k.startswith(f"{prefix}.")}
         if len(stripped & expected) * 2 > len(expected):
             return (f"the file holds {case.id}'s layout under the extra prefix {prefix + '.'!r} ({len(stripped & expected)} of "
@@ -47,15 +50,17 @@ def layout_hint(case: Case, keys: Iterable[str] | Mapping) -> str | None:
                     f"(e.g. {{k.removeprefix({prefix + '.'!r}): v for k, v in state.items()}})")
     # the case's own family first (another size is the commonest mistake), then every family
     others = [(case.family, families()[case.family])] + [(n, f) for n, f in families().items() if n != case.family]
-    # the scan stops at an exact match, or once another family's case is mostly alike: a sibling
-    # family sharing most key names (a few block entries apart) is still looked at past the case's own
+    # the scan stops at an exact match only: a partial one (sibling families share most key names,
+    # a few block entries apart) may be bettered by a later family
     scored = []
     for name, family in others:
         scored += [(_share(pairs, _layout(c, shapes)), name, c.id) for c in family.cases]
-        if max(scored)[0] == 1.0:  # an exact match; a partial one (ViT-style families share most names) may be bettered
+        if max(scored)[0] == 1.0:
             break
     share, name, _ = max(scored)
     best = [c for s, n, c in scored if s == share and c != case.id]
+    if mostly and (not best or share <= _share(pairs, expected)):
+        return None
     if share < 0.5 or not best:
         return f"{len(pairs - expected)} of {len(pairs)} {what} are not {case.id}'s layout, nor that of any known case"
     more = f" (or {listing(best[1:], limit=3)})" if len(best) > 1 else ""

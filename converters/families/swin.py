@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import torch
 
-from .. import vit
+from .. import vit, windows
 from ..case import IMAGENET_MEAN, IMAGENET_STD, Case
 from ..evaluation import Evaluation
 from ..family import Family, Provenance, Small
-from ..plan import Drop, Line, Plan, Rename
+from ..plan import Line, Plan, Rename
 
 # size -> (embed dim, depths, heads), from the original configs (configs/swin/*.yaml)
 SIZES = {
@@ -104,54 +104,13 @@ def evaluation(case: Case) -> Evaluation:
     return Evaluation(source=source + " with TEST.CROP True", crop_pct=224 / 256, **common)
 
 
-# --------------------------------------------------------------------------- geometry
-
-
-def _stages(c):
-    """(stage, resolution, width, window, depth) of each stage: the original clips a window larger
-    than its stage's map to the map (and then does not shift)."""
-    grid = c["image_size"] // c["patch_size"]
-    for i, depth in enumerate(c["depths"]):
-        resolution = grid // 2**i
-        yield i, resolution, c["embed_dim"] * 2**i, min(c["window_size"], resolution), depth
-
-
-def _shift(c, i: int, j: int) -> int:
-    resolution, window = dict((s, (r, w)) for s, r, _, w, _ in _stages(c))[i]
-    return 0 if j % 2 == 0 or resolution <= window else window // 2
-
-
-def relative_position_index(window: int) -> torch.Tensor:
-    """The original WindowAttention's buffer: (window², window²) indices into the (2w-1)² table."""
-    coords = torch.stack(torch.meshgrid(torch.arange(window), torch.arange(window), indexing="ij")).flatten(1)
-    relative = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0) + (window - 1)
-    return relative[..., 0] * (2 * window - 1) + relative[..., 1]
-
-
-def attention_mask(resolution: int, window: int, shift: int) -> torch.Tensor:
-    """The original SwinTransformerBlock's `attn_mask` of a shifted block: (windows, w², w²), 0 within
-    a region of the rolled map and -100 across regions."""
-    regions = torch.zeros(resolution, resolution)
-    cuts = (slice(0, -window), slice(-window, -shift), slice(-shift, None))
-    for n, (h, w) in enumerate((h, w) for h in cuts for w in cuts):
-        regions[h, w] = n
-    k = resolution // window
-    windows = regions.view(k, window, k, window).permute(0, 2, 1, 3).reshape(-1, window * window)
-    return (windows[:, None, :] - windows[:, :, None]).ne(0).float() * -100.0
-
-
 # --------------------------------------------------------------------------- plan
 
 
 def plan(case: Case) -> Plan:
     c = case.config
     block, layer = "layers.{i}.blocks.{j}.", "swin.encoder.layers.{i}.blocks.{j}."
-    windows = {i: w for i, _, _, w, _ in _stages(c)}
-    resolutions = {i: r for i, r, _, _, _ in _stages(c)}
-    index = Drop(block + "attn.relative_position_index",
-                 restore=lambda g, state: relative_position_index(windows[int(g["i"])]))
-    mask = Drop(block + "attn_mask", restore=lambda g, state: attention_mask(
-        resolutions[int(g["i"])], windows[int(g["i"])], _shift(c, int(g["i"]), int(g["j"]))))
+    index, mask = windows.buffer_drops(c, block)
     table = block + "attn.relative_position_bias_table"
     return Plan(
         renames=(
@@ -183,34 +142,17 @@ def plan(case: Case) -> Plan:
 
 def original_layout(case: Case) -> dict[str, torch.Tensor]:
     """The original SwinTransformer's state dict, key for key: meta tensors, except the buffers the
-    original computes (relative_position_index, attn_mask), which are real."""
+    original computes (relative_position_index, attn_mask), which are real; the downsampling
+    normalises the concatenated 4C before the reduction."""
     c = case.config
-    dim, patch = c["embed_dim"], c["patch_size"]
-    shapes: dict = {"patch_embed.proj.weight": (dim, 3, patch, patch), "patch_embed.proj.bias": (dim,),
-                    "patch_embed.norm.weight": (dim,), "patch_embed.norm.bias": (dim,)}
-    stages = list(_stages(c))
-    for i, resolution, width, window, depth in stages:
-        heads, hidden = c["num_heads"][i], int(width * c.get("mlp_ratio", 4.0))
-        for j in range(depth):
-            p = f"layers.{i}.blocks.{j}."
-            shift = _shift(c, i, j)
-            if shift:  # the block's own buffer comes before its children's entries
-                shapes[p + "attn_mask"] = attention_mask(resolution, window, shift)
-            shapes |= {p + "norm1.weight": (width,), p + "norm1.bias": (width,),
-                       p + "attn.relative_position_bias_table": ((2 * window - 1) ** 2, heads),
-                       p + "attn.relative_position_index": relative_position_index(window),
-                       p + "attn.qkv.weight": (3 * width, width), p + "attn.qkv.bias": (3 * width,),
-                       p + "attn.proj.weight": (width, width), p + "attn.proj.bias": (width,),
-                       p + "norm2.weight": (width,), p + "norm2.bias": (width,),
-                       p + "mlp.fc1.weight": (hidden, width), p + "mlp.fc1.bias": (hidden,),
-                       p + "mlp.fc2.weight": (width, hidden), p + "mlp.fc2.bias": (width,)}
-        if i < len(stages) - 1:
-            shapes |= {f"layers.{i}.downsample.reduction.weight": (2 * width, 4 * width),
-                       f"layers.{i}.downsample.norm.weight": (4 * width,), f"layers.{i}.downsample.norm.bias": (4 * width,)}
-    last = stages[-1][2]
-    shapes |= {"norm.weight": (last,), "norm.bias": (last,), "head.weight": (c["num_labels"], last),
-               "head.bias": (c["num_labels"],)}
-    return {k: s if isinstance(s, torch.Tensor) else torch.empty(s, device="meta") for k, s in shapes.items()}
+
+    def attention(p: str, stage: int, width: int, window: int) -> dict:
+        return {p + "relative_position_bias_table": ((2 * window - 1) ** 2, c["num_heads"][stage]),
+                p + "relative_position_index": windows.relative_position_index(window),
+                p + "qkv.weight": (3 * width, width), p + "qkv.bias": (3 * width,),
+                p + "proj.weight": (width, width), p + "proj.bias": (width,)}
+
+    return windows.layout(c, attention, merged_norm=4)
 
 
 # --------------------------------------------------------------------------- oracle
