@@ -39,7 +39,7 @@ OUTPUT_DIVERGENCE = (
     "weight standardisation adds eps 1e-8 to each kernel's variance in transformers (hard-coded in modeling_bit.py) "
     "and in timm, 1e-10 in the original (bit_pytorch, bit_jax and bit_tf2 alike): each standardised kernel is scaled "
     "by sqrt((var + 1e-10) / (var + 1e-8)), about 1 - 5e-9 / var; on the synthetic weights (variance 1/fan-in) at "
-    "480 px the logits move by 9.3e-04 (tests/test_bit.py), against 1e-5 between transformers and timm; kernels of "
+    "480 px the logits move by 9.3e-04 (tests/test_bit.py), against 9.5e-06 between transformers and timm; kernels of "
     "smaller variance move more")
 
 PROVENANCE = Provenance(
@@ -79,8 +79,9 @@ CASES = (
         processor=dict(do_resize=True, size={"height": 480, "width": 480}, resample=2, do_center_crop=False,
                        crop_size={"height": 480, "width": 480}, do_rescale=True, do_normalize=True,
                        image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5], do_convert_rgb=True),
-        # measured on random weights, transformers 5.25 and 4.57.6: logits within 3.8e-6 of timm's
-        atol=1e-5,
+        # measured on random weights, transformers 5.25 and 4.57.6: logits (max |logit| ~16) within 9.5e-6 of
+        # timm's on both lines; 2x that for another CPU's summation order
+        atol=2e-5,
         output_divergence=OUTPUT_DIVERGENCE,
     ),
 )
