@@ -127,3 +127,16 @@ def test_weight_standardisation_eps_of_the_original_is_measured_and_declared(cas
     assert measured > 10 * case.atol, f"eps 1e-10 vs 1e-8: max abs diff {measured:.3g}, not above the tolerance {case.atol:.1g}"
     if original.weights == "random":  # the declared figure is the synthetic weights'
         assert f"{measured:.1e}" in case.output_divergence, f"measured {measured:.3g}; declared: {case.output_divergence}"
+
+
+def test_the_draft_tool_refuses_bit_naming_the_entries_timms_loader_made_float32():
+    """`python -m converters.draft` reads every element back through the oracle: timm's `.npz` loader
+    copies into float32 parameters (its stem through `adapt_input_conv`, in float32, too), so the coded
+    float64 elements come back as other values. The tool refuses, naming the entries (the plan is
+    written by hand; the mutants, properties and logits prove it)."""
+    from converters import draft
+    from converters.pairing import PairingError
+
+    with pytest.raises(PairingError, match=r"changed the dtype of 81 entries: head\.fc\.bias \(float32\), .*\(71 more\)") as refusal:
+        draft.compare(draft.small_case(CASE))
+    assert isinstance(refusal.value, draft.UnreadableOracle)
