@@ -45,6 +45,12 @@ from .quote import listing, quote
 SHOWN = 10  # differences listed per family
 
 
+class UnreadableOracle(PairingError):
+    """The oracle's own loader gives its tensors another dtype than the codes' (timm's `.npz`
+    loaders copy into float32 parameters): no element can be read back, so nothing pairs. A
+    declared refusal naming the entries, like an unpairable model."""
+
+
 class DraftError(RuntimeError):
     pass
 
@@ -116,9 +122,11 @@ def draft(layout: Mapping[str, torch.Tensor], load_oracle: Callable[[dict], obje
     coded, codes = distinct(layout)
     module = module_of(load_oracle(coded))
     oracle_state = module.state_dict()
-    changed = sorted(k for k, v in oracle_state.items() if v.dtype not in (torch.float64, torch.int64))
+    changed = sorted(f"{k} ({str(v.dtype).removeprefix('torch.')})" for k, v in oracle_state.items()
+                     if v.dtype not in (torch.float64, torch.int64))
     if changed:
-        raise DraftError(f"the oracle's loading changed the dtype of {listing(changed)}: its elements cannot be read back")
+        raise UnreadableOracle(f"the oracle's loading changed the dtype of {len(changed)} entries: "
+                               f"{listing(changed, count=False)}: its elements cannot be read back")
     oracle_state = dict(oracle_state)
     module.to(device="meta", dtype=torch.float32)  # shapes only from here
     pixels = _pixels(target)

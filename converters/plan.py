@@ -201,6 +201,37 @@ class Transpose(Op):
 
 
 @dataclass(frozen=True)
+class Permute(Op):
+    """Reorder all dimensions of matching tensors (`dims` as `torch.permute` takes them: a JAX HWIO
+    kernel to torch's OIHW is (3, 2, 0, 1)); inverse: the inverse permutation. The results are
+    contiguous copies: a strided view of a weight sends CPU kernels down another path (outputs
+    ~1e-6 off the same values saved and reloaded, converters/checkpoint.py). A matching tensor of
+    another rank (a bad checkpoint) passes unchanged: applying a plan never raises, coverage reports
+    its shape."""
+
+    key: str
+    dims: tuple[int, ...]
+
+    def __post_init__(self):
+        if sorted(self.dims) != list(range(len(self.dims))):
+            raise ValueError(f"Permute {self.key!r}: dims {self.dims} are not a permutation of 0..{len(self.dims) - 1}")
+
+    @property
+    def inverse(self) -> tuple[int, ...]:
+        return tuple(sorted(range(len(self.dims)), key=self.dims.__getitem__))
+
+    def _apply(self, state, dims):
+        return {k: (v.permute(dims).contiguous() if v.dim() == len(dims) and Template(self.key).match(k) is not None else v)
+                for k, v in state.items()}
+
+    def forward(self, state):
+        return self._apply(state, self.dims)
+
+    def backward(self, state):
+        return self._apply(state, self.inverse)
+
+
+@dataclass(frozen=True)
 class Drop(Op):
     """Drop a tensor the target recomputes (an index buffer). `restore(groups, state)` rebuilds
     it for the backwards direction; without it the key is declared not restorable."""
