@@ -91,7 +91,7 @@ def test_a_swin_file_of_the_other_version_is_one_error_naming_what_it_is(case, o
         diagnose.check_file(case, path, converters.original_layout(other))  # keys and shapes: all it reads
     message = str(info.value)
     assert message.startswith(f"{case.id}: {path}: not {case.id}'s original layout"), message
-    assert f"matches the layout of {other.id} (family {other.family}, 100% of keys and shapes alike)" in message, message
+    assert f"the file is exactly the layout of {other.id} (family {other.family}, every key and shape alike)" in message, message
     assert "143 of its" in message, message
 
 

@@ -195,14 +195,10 @@ def configurations(case: Case, tiny: bool):
     return config()
 
 
-FAMILY = Family(
-    name="bit",
+FAMILY = Family.declared_in(
+    globals(),
     provenance=PROVENANCE,
     cases=CASES,
-    plan=plan,
-    original_layout=original_layout,
-    oracle=oracle,
-    configurations=configurations,
     evaluation=EVALUATION,
     # two units a stage (swaps between units of one shape), 4 groups of 2 channels at the narrowest
     mutants=(Small("bit_50", {"embedding_size": 8, "hidden_sizes": [32, 64, 128, 256], "depths": [2, 2, 2, 2],

@@ -245,15 +245,10 @@ def configurations(case: Case, tiny: bool):
     return config()
 
 
-FAMILY = Family(
-    name="swinv2",
+FAMILY = Family.declared_in(
+    globals(),
     provenance=PROVENANCE,
     cases=CASES,
-    plan=plan,
-    original_layout=original_layout,
-    oracle=oracle,
-    configurations=configurations,
-    evaluation=evaluation,
     unwrap=("model",),
     # four stages, a shifted block in each but the last (whose map is one window), 3 downsamplings;
     # pre-training windows as the 22K -> 1K files have them (the coordinates table then differs)
