@@ -4,6 +4,8 @@ original does not share with timm and transformers, measured."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -125,8 +127,9 @@ def test_weight_standardisation_eps_of_the_original_is_measured_and_declared(cas
                 m.eps = bit.TIMM_EPS
     measured = (ours - with_original_eps).abs().max().item()
     assert measured > 10 * case.atol, f"eps 1e-10 vs 1e-8: max abs diff {measured:.3g}, not above the tolerance {case.atol:.1g}"
-    if original.weights == "random":  # the declared figure is the synthetic weights'
-        assert f"{measured:.1e}" in case.output_divergence, f"measured {measured:.3g}; declared: {case.output_divergence}"
+    if original.weights == "random":  # the declared figure is the synthetic weights' (its last digit moves with the thread count)
+        declared = float(re.search(r"the logits move by ([0-9.e+-]+)", case.output_divergence).group(1))
+        assert abs(measured - declared) <= 0.1 * declared, f"measured {measured:.3g}; declared {declared:.3g}: {case.output_divergence}"
 
 
 def test_the_draft_tool_refuses_bit_naming_the_entries_timms_loader_made_float32():

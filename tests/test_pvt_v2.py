@@ -94,7 +94,7 @@ def test_the_linear_file_given_to_b2_is_refused_naming_b2_linear_and_coverage_na
     that case (converters.diagnose); key coverage, had it loaded, names the 12 keys b2 lacks and the
     reduction convs of another shape; the other way round, b2's file misses those 12."""
     b2 = converters.get("pvt_v2_b2")
-    with pytest.raises(CheckpointError, match=r"pvt_v2_b2: pvt_v2_b2_li.pth: not pvt_v2_b2's original layout: the file is exactly "
+    with pytest.raises(converters.CheckpointError, match=r"pvt_v2_b2: pvt_v2_b2_li.pth: not pvt_v2_b2's original layout: the file is exactly "
                                               r"the layout of pvt_v2_b2_linear \(family pvt_v2"):
         diagnose.check_file(b2, "pvt_v2_b2_li.pth", converters.original_layout(LINEAR))
     _, coverage = converters.convert(b2, converters.synthetic_original(LINEAR))
