@@ -158,7 +158,11 @@ def write(state: Mapping[str, torch.Tensor], folder: Path, shard_bytes: int = DE
     from huggingface_hub import split_torch_state_dict_into_shards
 
     split = split_torch_state_dict_into_shards(dict(state), filename_pattern=SHARD_PATTERN, max_shard_size=shard_bytes)
-    for name, keys in split.filename_to_tensors.items():
+    # Written in the order of the source, which the memory-mapped original is read in: huggingface_hub
+    # numbers a tensor larger than a shard before the shard it interrupts.
+    position = {key: i for i, key in enumerate(state)}
+    for name, keys in sorted(split.filename_to_tensors.items(), key=lambda item: min(map(position.get, item[1]))):
+        keys = sorted(keys, key=position.get)
         write_file(folder / name, {k: state[k] for k in keys}, source)
         written(name, keys)
     index = None

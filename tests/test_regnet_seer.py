@@ -197,8 +197,9 @@ def test_shard_boundaries_and_index(tmp_path, reduced):
         assert total <= limit or len(keys) == 1, f"{name}: {total} bytes in {len(keys)} tensors over a {limit}-byte shard"
     alone = [k for k, n in sizes.items() if n > limit]
     assert "classifier.1.weight" in alone and all(per_file[index["weight_map"][k]] == [k] for k in alone)
-    order = [k for f in files for k in per_file[f]]
-    assert order == list(converted), "shards keep the source order"
+    source = list(converted)  # huggingface_hub numbers a tensor larger than a shard before the shard it interrupts
+    assert all(keys == sorted(keys, key=source.index) for keys in per_file.values()), "each shard keeps the source order"
+    assert sorted(k for keys in per_file.values() for k in keys) == sorted(source)
 
     reloaded = compat.get_class(case.model_class).from_pretrained(tmp_path / "out").state_dict()
     assert set(reloaded) == set(converted)  # the shards reload as the model, tensor for tensor

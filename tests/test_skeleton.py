@@ -24,7 +24,7 @@ def test_the_command_writes_both_files_and_refuses_to_overwrite_or_a_bad_name(tm
     done = run("toy", "--out", str(tmp_path))
     assert done.returncode == 0, done.stderr
     module, tests = tmp_path / "converters" / "families" / "toy.py", tmp_path / "tests" / "test_toy.py"
-    assert "FAMILY = Family(" in module.read_text() and "pytestmark = pytest.mark.toy" in tests.read_text()
+    assert "FAMILY = Family.declared_in(" in module.read_text() and "pytestmark = pytest.mark.toy" in tests.read_text()
     again = run("toy", "--out", str(tmp_path))
     assert again.returncode != 0 and "already exist; nothing written" in again.stderr
     assert run("Bad-Name", "--out", str(tmp_path / "other")).returncode != 0 and not (tmp_path / "other").exists()
