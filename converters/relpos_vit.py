@@ -23,7 +23,7 @@ from typing import Callable, Mapping
 
 import torch
 
-from . import vit
+from . import vit_blocks
 from .plan import Drop, Line, Plan, Rename
 
 
@@ -48,14 +48,14 @@ def _blocks(layer: str, table: str, projections: bool) -> tuple[Rename, ...]:
     (`attention.q_proj`, ..., `mlp.fc1`, the table on the layer)."""
     block = "blocks.{i}."
     if projections:
-        attention, tables = vit.projections(block, layer), layer + "relative_position_bias."
+        attention, tables = vit_blocks.projections(block, layer), layer + "relative_position_bias."
         qv = (layer + "attention.q_proj.bias", layer + "attention.v_proj.bias")
         mlp: tuple[Rename, ...] = (Rename(block + "mlp.", layer + "mlp."),)
         norms = (Rename(block + "norm1.", layer + "layernorm_before."), Rename(block + "norm2.", layer + "layernorm_after."))
     else:
-        attention, tables = vit.attention(block, layer), layer + "attention.attention.relative_position_bias."
+        attention, tables = vit_blocks.attention(block, layer), layer + "attention.attention.relative_position_bias."
         qv = (layer + "attention.attention.query.bias", layer + "attention.attention.value.bias")
-        mlp, norms = vit.bert_block(block, layer), ()
+        mlp, norms = vit_blocks.bert_block(block, layer), ()
     renames = (
         Rename(block + "gamma_1", layer + "lambda_1"),
         Rename(block + "gamma_2", layer + "lambda_2"),
@@ -79,7 +79,7 @@ def plan(config: Mapping, classifier: bool, base: str, projections: tuple[int, .
         Rename("cls_token", prefix + "embeddings.cls_token"),
         Rename("patch_embed.proj.", prefix + "embeddings.patch_embeddings.projection."),
     ]
-    ops = list(vit.split_qkv(entries=("weight",)))  # the biases are q_bias and v_bias
+    ops = list(vit_blocks.split_qkv(entries=("weight",)))  # the biases are q_bias and v_bias
     if classifier:
         renames += [Rename("fc_norm.", prefix + "pooler.layernorm."), Rename("head.", "classifier.")]
         ops.append(Drop("blocks.{i}.attn.relative_position_index", restore=lambda groups, state: index.clone()))

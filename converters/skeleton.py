@@ -83,7 +83,7 @@ evaluation = fill_this_in(
 # Case -> Plan: renames (original key templates -> transformers', `{{i}}` for indices; a template
 # ending in '.' is a prefix) and reversible ops (Split a fused qkv, Drop a buffer transformers
 # recomputes, with `restore` to rebuild it). Names that differ between transformers lines go in
-# `by_line={{5: Line(...), 4: Line(...)}}`. converters/vit.py has the ViT-style pieces.
+# `by_line={{5: Line(...), 4: Line(...)}}`. converters/vit_blocks.py has the ViT-style pieces.
 # Start from a draft derived from the two models (run it on each transformers line):
 #   python -m converters.draft --layout ORIGINAL.pth --oracle timm:MODEL --target TransformersClass --out draft.py
 plan = fill_this_in("plan", "return Plan(renames=(...), ops=(...), by_line={{...}}) for the case "

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from .. import convnext
+from .. import convnext_blocks
 from ..case import IMAGENET_MEAN, IMAGENET_STD, Case
 from ..evaluation import Evaluation
 from ..family import Family, Provenance, Small
@@ -94,7 +94,7 @@ def _case(size: str, data: str, res: int, suffix: str) -> Case:
 
 CASES = tuple(_case(*published) for published in PUBLISHED)
 
-_PLAN = Plan(renames=convnext.renames("convnext", block=(
+_PLAN = Plan(renames=convnext_blocks.renames("convnext", block=(
     Rename("stages.{i}.{j}.gamma", "convnext.encoder.stages.{i}.layers.{j}.layer_scale_parameter"),
 )))
 
@@ -105,20 +105,20 @@ def plan(case: Case) -> Plan:
 
 def original_layout(case: Case) -> dict[str, torch.Tensor]:
     """models/convnext.py ConvNeXt's state dict, key for key, on the meta device."""
-    return convnext.layout(case.config, lambda prefix, dim: convnext.block(prefix, dim, first={"gamma": (dim,)}))
+    return convnext_blocks.layout(case.config, lambda prefix, dim: convnext_blocks.block(prefix, dim, first={"gamma": (dim,)}))
 
 
 def oracle(case: Case, original):
     """timm's ConvNeXt loaded through timm's own filter for facebookresearch checkpoints, any depths
     and widths."""
-    return convnext.timm_oracle(f"convnext_{case.params['size']}", case.config, original)
+    return convnext_blocks.timm_oracle(f"convnext_{case.params['size']}", case.config, original)
 
 
 def evaluation(case: Case) -> Evaluation:
     """facebookresearch/ConvNeXt datasets.py build_transform(is_train=False) with main.py's defaults
     (README's evaluation command keeps them, changing only --input_size): below 384, crop_pct None ->
     224/256, Resize(256, bicubic) and CenterCrop(224); from 384 on, Resize((384, 384), bicubic), a warp."""
-    return convnext.evaluation(case.image_size, "facebookresearch/ConvNeXt datasets.py build_transform(is_train=False) "
+    return convnext_blocks.evaluation(case.image_size, "facebookresearch/ConvNeXt datasets.py build_transform(is_train=False) "
                                                 "(main.py defaults)")
 
 
@@ -127,7 +127,7 @@ FAMILY = Family.declared_in(
     provenance=PROVENANCE,
     cases=CASES,
     # four stages, a head, layer scale (every published model has it: layer_scale_init_value 1e-6)
-    configurations=convnext.configurations,
+    configurations=convnext_blocks.configurations,
     # main.py --eval --resume reads checkpoint["model"] (auto_load_model); timm's filter reads the same
     # entry. Another entry (a training checkpoint's `model_ema`, optimizer) is ignored and named.
     unwrap=("model",),

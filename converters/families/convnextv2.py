@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from .. import convnext
+from .. import convnext_blocks
 from ..case import IMAGENET_MEAN, IMAGENET_STD, Case
 from ..evaluation import Evaluation
 from ..family import Family, Provenance, Small
@@ -90,7 +90,7 @@ def _case(size: str, data: str, res: int) -> Case:
 CASES = tuple(_case(*published) for published in PUBLISHED)
 
 # GRN keeps its (1, 1, 1, C) shape in transformers: a rename, no reshape (timm needs one)
-_PLAN = Plan(renames=convnext.renames("convnextv2", block=(
+_PLAN = Plan(renames=convnext_blocks.renames("convnextv2", block=(
     Rename("stages.{i}.{j}.grn.gamma", "convnextv2.encoder.stages.{i}.layers.{j}.grn.weight"),
     Rename("stages.{i}.{j}.grn.beta", "convnextv2.encoder.stages.{i}.layers.{j}.grn.bias"),
 )))
@@ -102,14 +102,14 @@ def plan(case: Case) -> Plan:
 
 def original_layout(case: Case) -> dict[str, torch.Tensor]:
     """The facebookresearch model's state dict, key for key, on the meta device."""
-    return convnext.layout(case.config, lambda prefix, dim: convnext.block(
+    return convnext_blocks.layout(case.config, lambda prefix, dim: convnext_blocks.block(
         prefix, dim, before_pwconv2={"grn.gamma": (1, 1, 1, 4 * dim), "grn.beta": (1, 1, 1, 4 * dim)}))
 
 
 def oracle(case: Case, original):
     """timm's ConvNeXt-V2 loaded through timm's own filter for facebookresearch checkpoints: the named
     size's variant (atto..nano use timm's 1x1-conv MLP), any depths and widths."""
-    return convnext.timm_oracle(f"convnextv2_{case.params['size']}", case.config, original)
+    return convnext_blocks.timm_oracle(f"convnextv2_{case.params['size']}", case.config, original)
 
 
 def evaluation(case: Case) -> Evaluation:
@@ -117,14 +117,14 @@ def evaluation(case: Case) -> Evaluation:
     defaults (README's evaluation commands keep them): below 384, crop_pct None -> 224/256, so
     Resize(int(224 / (224/256)) = 256, bicubic) and CenterCrop(224); from 384 on, Resize((size, size),
     bicubic), a warp without a crop; --imagenet_default_mean_and_std True -> ImageNet mean/std."""
-    return convnext.evaluation(case.image_size, "facebookresearch/ConvNeXt-V2 datasets.py build_transform(is_train=False) "
+    return convnext_blocks.evaluation(case.image_size, "facebookresearch/ConvNeXt-V2 datasets.py build_transform(is_train=False) "
                                                 "(main_finetune.py defaults)")
 
 
 FAMILY = Family.declared_in(
     globals(),
     cases=CASES,
-    configurations=convnext.configurations,
+    configurations=convnext_blocks.configurations,
     # Policy: the weights are taken from "model"; another entry (a training `model_ema`) is
     # ignored and named in the report. timm's filter reads the same entry.
     unwrap=("model",),

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import torch
 
-from .. import vit
+from .. import vit_blocks
 from ..case import IMAGENET_MEAN, IMAGENET_STD, Case
 from ..evaluation import Evaluation
 from ..family import Family, Provenance, Small
@@ -133,13 +133,13 @@ def plan(case: Case) -> Plan:
     line5, line4 = model + "layers.{i}.", model + "encoder.layer.{i}."
     return Plan(
         renames=renames,
-        ops=vit.split_qkv(block),
+        ops=vit_blocks.split_qkv(block),
         by_line={
-            5: Line(renames=(*vit.projections(block, line5),
+            5: Line(renames=(*vit_blocks.projections(block, line5),
                              Rename(block + "norm1.", line5 + "layernorm_before."),
                              Rename(block + "norm2.", line5 + "layernorm_after."),
                              Rename(block + "mlp.", line5 + "mlp."))),
-            4: Line(renames=(*vit.attention(block, line4), *vit.bert_block(block, line4))),
+            4: Line(renames=(*vit_blocks.attention(block, line4), *vit_blocks.bert_block(block, line4))),
         },
     )
 

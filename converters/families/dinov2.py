@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import torch
 
-from .. import vit
+from .. import vit_blocks
 from ..case import IMAGENET_MEAN, IMAGENET_STD, Case
 from ..evaluation import Evaluation
 from ..family import Family, Provenance, Small
@@ -159,17 +159,17 @@ def plan(case: Case) -> Plan:
     # transformers 5 holds DINOv2's attention as q/k/v/o_proj and its SwiGLU as separate gate, up
     # and down projections in memory (its files keep the 4.x names)
     line5 = Line(
-        renames=(*vit.projections("blocks.{i}.", layer),
+        renames=(*vit_blocks.projections("blocks.{i}.", layer),
                  Rename("blocks.{i}.mlp.gate.", layer + "mlp.gate_proj."),
                  Rename("blocks.{i}.mlp.up.", layer + "mlp.up_proj."),
                  Rename("blocks.{i}.mlp.w3.", layer + "mlp.down_proj.")),
         # the fused SwiGLU input projection: its first half gates (silu), the second is multiplied
         ops=tuple(Split(f"blocks.{{i}}.mlp.w12.{entry}", (f"blocks.{{i}}.mlp.gate.{entry}", f"blocks.{{i}}.mlp.up.{entry}"))
                   for entry in ("weight", "bias")))
-    line4 = Line(renames=(*vit.attention("blocks.{i}.", layer),
+    line4 = Line(renames=(*vit_blocks.attention("blocks.{i}.", layer),
                           Rename("blocks.{i}.mlp.w12.", layer + "mlp.weights_in."),
                           Rename("blocks.{i}.mlp.w3.", layer + "mlp.weights_out.")))
-    return Plan(renames=tuple(renames), ops=vit.split_qkv(), by_line={5: line5, 4: line4})
+    return Plan(renames=tuple(renames), ops=vit_blocks.split_qkv(), by_line={5: line5, 4: line4})
 
 
 # --------------------------------------------------------------------------- original layout

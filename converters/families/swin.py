@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from .. import vit, windows
+from .. import vit_blocks, windows
 from ..case import IMAGENET_MEAN, IMAGENET_STD, Case
 from ..evaluation import Evaluation
 from ..family import Family, Provenance, Small
@@ -122,13 +122,13 @@ def plan(case: Case) -> Plan:
             Rename("norm.", "swin.layernorm."),
             Rename("head.", "classifier."),
         ),
-        ops=(*vit.split_qkv(block), mask),
+        ops=(*vit_blocks.split_qkv(block), mask),
         by_line={
-            5: Line(renames=(*vit.projections(block, layer),
+            5: Line(renames=(*vit_blocks.projections(block, layer),
                              Rename(table, layer + "attention.relative_position_bias.relative_position_bias_table"),
                              Rename(block + "mlp.", layer + "mlp.")),
                     ops=(index,)),
-            4: Line(renames=(*vit.attention(block, layer, inner="self"),
+            4: Line(renames=(*vit_blocks.attention(block, layer, inner="self"),
                              Rename(table, layer + "attention.self.relative_position_bias_table"),
                              Rename(block + "attn.relative_position_index", layer + "attention.self.relative_position_index"),
                              Rename(block + "mlp.fc1.", layer + "intermediate.dense."),

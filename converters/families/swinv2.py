@@ -23,7 +23,7 @@ from functools import lru_cache
 
 import torch
 
-from .. import vit, windows
+from .. import vit_blocks, windows
 from ..case import IMAGENET_MEAN, IMAGENET_STD, Case
 from ..evaluation import Evaluation
 from ..family import Family, Provenance, Small
@@ -171,13 +171,13 @@ def plan(case: Case) -> Plan:
             Rename(block + "attn.q_bias", attention + "query.bias"),
             Rename(block + "attn.v_bias", attention + "value.bias"),
             Rename(block + "attn.cpb_mlp.", attention + "continuous_position_bias_mlp."),
-            *vit.attention(block, layer, inner="self"),
-            *vit.bert_block(block, layer),
+            *vit_blocks.attention(block, layer, inner="self"),
+            *vit_blocks.bert_block(block, layer),
             Rename("layers.{i}.downsample.", "swinv2.encoder.layers.{i}.downsample."),
             Rename("norm.", "swinv2.layernorm."),
             Rename("head.", "classifier."),
         ),
-        ops=(*vit.split_qkv(block, entries=("weight",)), coords, index, mask),
+        ops=(*vit_blocks.split_qkv(block, entries=("weight",)), coords, index, mask),
     )
 
 

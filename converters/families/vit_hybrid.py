@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from .. import vit
+from .. import vit_blocks
 from ..case import Case
 from ..evaluation import timm_evaluation
 from ..family import TRANSFORMERS_LINES, Family, Provenance
@@ -91,7 +91,7 @@ _LAYER = "vit.encoder.layer.{i}."
 
 _PLAN = Plan(
     # timm fuses q, k, v into one projection: (3C, C) weight and (3C,) bias, in that order.
-    ops=vit.split_qkv(),
+    ops=vit_blocks.split_qkv(),
     renames=(
         Rename("cls_token", "vit.embeddings.cls_token"),
         Rename("pos_embed", "vit.embeddings.position_embeddings"),
@@ -100,8 +100,8 @@ _PLAN = Plan(
         Rename("patch_embed.backbone.stem.norm.", _BACKBONE + "embedder.norm."),
         # bottleneck blocks: conv1..3, norm1..3 and the first block's downsample keep their names
         Rename("patch_embed.backbone.stages.{s}.blocks.{b}.", _BACKBONE + "encoder.stages.{s}.layers.{b}."),
-        *vit.attention("blocks.{i}.", _LAYER),
-        *vit.bert_block("blocks.{i}.", _LAYER),
+        *vit_blocks.attention("blocks.{i}.", _LAYER),
+        *vit_blocks.bert_block("blocks.{i}.", _LAYER),
         Rename("norm.", "vit.layernorm."),
         Rename("head.", "classifier."),
     ),

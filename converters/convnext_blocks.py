@@ -88,10 +88,14 @@ def configurations(case, tiny: bool):
 
 def timm_oracle(arch: str, config, original):
     """timm's model `arch` loaded through timm's own filter for facebookresearch checkpoints (V1 and
-    V2 alike), with depths and widths passed explicitly so any configuration works."""
-    from timm.models.convnext import checkpoint_filter_fn
+    V2 alike: the `checkpoint_filter_fn` of the module defining `arch`), with depths and widths passed
+    explicitly so any configuration works."""
+    import sys
+
+    from timm.models import model_entrypoint
 
     from .reference import timm_model
 
+    checkpoint_filter_fn = sys.modules[model_entrypoint(arch).__module__].checkpoint_filter_fn
     return timm_model(arch, original, checkpoint_filter_fn, depths=config["depths"], dims=config["hidden_sizes"],
                       num_classes=config["num_labels"])
